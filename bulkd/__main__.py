@@ -1,0 +1,5 @@
+"""Allow ``python -m bulkd``."""
+
+from bulkd.cli import main
+
+raise SystemExit(main())
