@@ -88,4 +88,4 @@ class SourceBatch:
     @property
     def rows(self) -> int:
         """Input rows this batch accounts for: parsed plus rejected by the reader."""
-        return self.data.num_rows + len(self.rejects)
+        return int(self.data.num_rows) + len(self.rejects)

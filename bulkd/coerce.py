@@ -1,0 +1,285 @@
+"""Vectorised coercion of cell values to the JSON types a schema asks for.
+
+Every function takes a whole Arrow array and returns ``(values, bad)``: the coerced array (null
+where the input was null or could not be coerced) and a boolean mask of the rows whose value
+could not be coerced. Nulls are never bad: an empty cell is simply omitted from the record.
+Python runs per value only where Arrow has no kernel for the shape at hand (JSON array cells).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "Coerced",
+    "DateTimeStyle",
+    "all_false",
+    "calendar_ok",
+    "empty_to_null",
+    "to_boolean",
+    "to_date",
+    "to_datetime",
+    "to_email",
+    "to_integer",
+    "to_number",
+    "to_string",
+    "to_string_list",
+]
+
+_TRUE = ["true", "1", "yes"]
+_FALSE = ["false", "0", "no"]
+
+# Accepted date-time spellings: a date, optionally a time (seconds and fraction optional),
+# optionally an offset. Groups: y m d H M S frac tz.
+_DT_IN = (
+    r"^(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})"
+    r"(?:[Tt ](?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
+    r"(?P<tz>[Zz]|[+-]\d{2}:?\d{2})?)?$"
+)
+_DATE_IN = r"^(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})$"
+
+
+@dataclass(frozen=True, slots=True)
+class Coerced:
+    """A coerced array and the mask of rows whose value could not be coerced."""
+
+    values: pa.Array
+    bad: pa.BooleanArray
+
+
+@dataclass(frozen=True, slots=True)
+class DateTimeStyle:
+    """How naive date-times are completed: Lexer requires an explicit offset (RFC 3339)."""
+
+    naive_offset: str = "Z"
+    """Offset appended to date-times written without one (``Z`` or ``+HH:MM``)."""
+
+
+def _bad_where(values: pa.Array, original: pa.Array) -> pa.BooleanArray:
+    """Rows that had a value but lost it in coercion."""
+    return pc.and_(pc.is_valid(original), pc.is_null(values))
+
+
+def empty_to_null(arr: pa.Array) -> pa.Array:
+    """Treat empty strings as absent cells (they are omitted, never written as ``null``)."""
+    if arr.null_count == len(arr) or not pa.types.is_string(arr.type):
+        return arr
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+
+
+def _as_text(arr: pa.Array) -> pa.Array:
+    if pa.types.is_string(arr.type):
+        return arr
+    if pa.types.is_large_string(arr.type):
+        return arr.cast(pa.string())
+    return pc.cast(arr, pa.string())
+
+
+def to_string(arr: pa.Array) -> Coerced:
+    """Strings stay as they are; numbers and booleans from typed sources are written as text."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_null(arr.type):
+        return Coerced(arr.cast(pa.string()), all_false(len(arr)))
+    if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
+        return to_datetime(arr, DateTimeStyle()) if pa.types.is_timestamp(arr.type) else to_date(arr)
+    try:
+        out = pc.cast(arr, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return Coerced(pa.nulls(len(arr), pa.string()), pc.is_valid(arr))
+    return Coerced(out, all_false(len(arr)))
+
+
+def all_false(n: int) -> pa.BooleanArray:
+    """A mask with no row set."""
+    return pa.array(np.zeros(n, dtype=np.bool_))
+
+
+def to_email(arr: pa.Array) -> Coerced:
+    """Trim and lower-case, as Lexer's models do for emails and email hashes."""
+    if not pa.types.is_string(arr.type):
+        return to_string(arr)
+    out = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
+    return Coerced(empty_to_null(out), all_false(len(arr)))
+
+
+def to_boolean(arr: pa.Array) -> Coerced:
+    """true/false/1/0/yes/no in any case; typed booleans pass through."""
+    if pa.types.is_boolean(arr.type):
+        return Coerced(arr, all_false(len(arr)))
+    if pa.types.is_integer(arr.type):
+        ok = pc.is_in(arr, pa.array([0, 1], arr.type))
+        out = pc.if_else(ok, pc.equal(arr, 1), pa.scalar(None, pa.bool_()))
+        return Coerced(out, _bad_where(out, arr))
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(_as_text(arr)))
+    is_true = pc.is_in(text, pa.array(_TRUE))
+    is_false = pc.is_in(text, pa.array(_FALSE))
+    out = pc.if_else(is_true, True, pc.if_else(is_false, False, pa.scalar(None, pa.bool_())))
+    return Coerced(out, _bad_where(out, arr))
+
+
+def to_integer(arr: pa.Array) -> Coerced:
+    """Whole numbers (``12``, ``+12``, ``12.0``); anything else, or out of int64 range, is bad."""
+    if pa.types.is_integer(arr.type):
+        return Coerced(arr.cast(pa.int64()), all_false(len(arr)))
+    if pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
+        floats = arr.cast(pa.float64())
+        whole = pc.and_(pc.is_finite(floats), pc.equal(pc.floor(floats), floats))
+        out = pc.if_else(whole, floats, pa.scalar(None, pa.float64()))
+        out = pc.if_else(pc.less_equal(pc.abs(out), 9.007e15), out, pa.scalar(None, pa.float64()))
+        ints = out.cast(pa.int64(), safe=False)
+        return Coerced(ints, _bad_where(ints, arr))
+    text = pc.utf8_trim_whitespace(_as_text(arr))
+    shaped = pc.match_substring_regex(text, r"^[+-]?\d{1,19}(?:\.0*)?$")
+    digits = pc.replace_substring_regex(pc.replace_substring_regex(text, r"\.0*$", ""), r"^\+", "")
+    candidate = pc.if_else(shaped, digits, pa.scalar(None, pa.string()))
+    ints = _cast_or_null(candidate, pa.int64())
+    return Coerced(ints, _bad_where(ints, arr))
+
+
+def _cast_or_null(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast, turning values that do not fit into nulls (found per value only when the cast fails)."""
+    try:
+        return pc.cast(text, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    values = []
+    for item in text.to_pylist():
+        try:
+            values.append(None if item is None else pc.cast(pa.array([item]), target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values.append(None)
+    return pa.array(values, type=target)
+
+
+def to_number(arr: pa.Array) -> Coerced:
+    """Finite decimal numbers; NaN and infinities cannot be written as JSON and are bad."""
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
+        floats = arr.cast(pa.float64())
+    else:
+        text = pc.utf8_trim_whitespace(_as_text(arr))
+        shaped = pc.match_substring_regex(text, r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+        floats = _cast_or_null(pc.if_else(shaped, text, pa.scalar(None, pa.string())), pa.float64())
+    out = pc.if_else(pc.is_finite(floats), floats, pa.scalar(None, pa.float64()))
+    return Coerced(out, _bad_where(out, arr))
+
+
+def calendar_ok(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.BooleanArray:
+    """True where the ``YYYY``/``MM``/``DD`` strings name a real calendar day (year 1 to 9999)."""
+    ymd = pc.binary_join_element_wise(year, month, day, "-")
+    parsed = pc.strptime(ymd, format="%Y-%m-%d", unit="s", error_is_null=True)
+    round_trip = pc.strftime(parsed, format="%Y-%m-%d")
+    return pc.fill_null(pc.and_(pc.equal(round_trip, ymd), pc.not_equal(year, "0000")), False)
+
+
+def to_date(arr: pa.Array) -> Coerced:
+    """ISO ``YYYY-MM-DD`` strings that name a real day; Arrow dates and timestamps are formatted."""
+    if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
+        out = pc.strftime(arr, format="%Y-%m-%d")
+        return Coerced(out, all_false(len(arr)))
+    text = pc.utf8_trim_whitespace(_as_text(arr))
+    parts = pc.extract_regex(text, _DATE_IN)
+    y, m, d = (parts.field(i) for i in range(3))
+    ok = pc.and_(pc.is_valid(parts), calendar_ok(y, m, d))
+    out = pc.if_else(ok, text, pa.scalar(None, pa.string()))
+    return Coerced(out, _bad_where(out, arr))
+
+
+def to_datetime(arr: pa.Array, style: DateTimeStyle) -> Coerced:
+    """Normalise to RFC 3339 ``YYYY-MM-DDTHH:MM:SS[.f](Z|±HH:MM)``, refusing impossible values.
+
+    Accepts a ``T`` or space separator, missing seconds, a missing time (midnight) and a
+    missing offset (``style.naive_offset`` is applied). Arrow timestamps are formatted in UTC
+    (or with ``naive_offset`` when they carry no time zone).
+    """
+    if pa.types.is_timestamp(arr.type):
+        return Coerced(_format_timestamp(arr, style), all_false(len(arr)))
+    if pa.types.is_date(arr.type):
+        text = pc.strftime(arr, format="%Y-%m-%d")
+    else:
+        text = pc.utf8_trim_whitespace(_as_text(arr))
+    p = pc.extract_regex(text, _DT_IN)
+    y, mo, d, hh, mi, ss, frac, tz = (p.field(i) for i in range(8))
+    hh = pc.fill_null(pc.if_else(pc.equal(hh, ""), "00", hh), "00")
+    mi = pc.fill_null(pc.if_else(pc.equal(mi, ""), "00", mi), "00")
+    ss = pc.fill_null(pc.if_else(pc.equal(ss, ""), "00", ss), "00")
+    frac = pc.fill_null(frac, "")
+    tz = _normal_offset(pc.fill_null(tz, ""), style)
+    ok = pc.and_(pc.is_valid(p), calendar_ok(y, mo, d))
+    ok = pc.and_(ok, _clock_ok(hh, mi, ss, tz))
+    date_part = pc.binary_join_element_wise(y, mo, d, "-")
+    time_part = pc.binary_join_element_wise(hh, mi, ss, ":")
+    joined = pc.binary_join_element_wise(date_part, "T", time_part, frac, tz, "")
+    out = pc.if_else(pc.fill_null(ok, False), joined, pa.scalar(None, pa.string()))
+    return Coerced(out, _bad_where(out, arr))
+
+
+def _normal_offset(tz: pa.Array, style: DateTimeStyle) -> pa.Array:
+    """``z``/``Z`` → ``Z``, ``+1000`` → ``+10:00``, missing → the configured naive offset."""
+    tz = pc.if_else(pc.equal(tz, ""), style.naive_offset, tz)
+    tz = pc.if_else(pc.equal(tz, "z"), "Z", tz)
+    return pc.replace_substring_regex(tz, r"^([+-]\d{2})(\d{2})$", r"\1:\2")
+
+
+def _clock_ok(hh: pa.Array, mi: pa.Array, ss: pa.Array, tz: pa.Array) -> pa.BooleanArray:
+    def in_range(text: pa.Array, top: int) -> pa.BooleanArray:
+        return pc.less_equal(_cast_or_null(text, pa.int32()), top)
+
+    ok = pc.and_(pc.and_(in_range(hh, 23), in_range(mi, 59)), in_range(ss, 59))
+    off = pc.extract_regex(tz, r"^[+-](?P<h>\d{2}):(?P<m>\d{2})$")
+    off_ok = pc.or_kleene(
+        pc.equal(tz, "Z"),
+        pc.and_kleene(in_range(off.field(0), 23), in_range(off.field(1), 59)),
+    )
+    return pc.fill_null(pc.and_(ok, pc.fill_null(off_ok, False)), False)
+
+
+def _format_timestamp(arr: pa.Array, style: DateTimeStyle) -> pa.Array:
+    """Format in UTC (``Z``) when zoned, else with the naive offset; zero fractions are dropped."""
+    if arr.type.tz is not None:
+        arr = pc.cast(arr, pa.timestamp(arr.type.unit, "UTC"))
+        suffix = "Z"
+    else:
+        suffix = style.naive_offset
+    # Arrow's %S carries the sub-second digits of the unit; trim trailing zeros and a bare dot.
+    text = pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S")
+    text = pc.replace_substring_regex(text, r"(\.\d*?)0+$", r"\1")
+    text = pc.replace_substring_regex(text, r"\.$", "")
+    return pc.binary_join_element_wise(text, pa.scalar(suffix), "")
+
+
+def to_string_list(arr: pa.Array, separator: str | None) -> Coerced:
+    """Cells holding several strings: a JSON array text, or values joined by ``separator``.
+
+    Lexer's arrays of strings (product images, option values, tags) have no CSV spelling of
+    their own; a cell starting with ``[`` is read as a JSON array of strings, otherwise it is
+    split on the profile's separator (or taken as a one-element list when none is set).
+    """
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        return Coerced(arr, all_false(len(arr)))
+    values: list[list[str] | None] = []
+    bad: list[bool] = []
+    for cell in _as_text(arr).to_pylist():
+        parsed, is_bad = _split_cell(cell, separator)
+        values.append(parsed)
+        bad.append(is_bad)
+    return Coerced(pa.array(values, pa.list_(pa.string())), pa.array(bad, pa.bool_()))
+
+
+def _split_cell(cell: str | None, separator: str | None) -> tuple[list[str] | None, bool]:
+    if cell is None or cell == "":
+        return None, False
+    if cell.lstrip().startswith("["):
+        try:
+            items = orjson.loads(cell)
+        except orjson.JSONDecodeError:
+            return None, True
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return items, False
+        return None, True
+    if separator:
+        return [part for part in cell.split(separator) if part != ""], False
+    return [cell], False

@@ -1,0 +1,140 @@
+"""Encoding: typed Arrow records become NDJSON text, a whole array at a time.
+
+JSON is assembled with Arrow string kernels: each field becomes a ``,"key":value`` fragment
+(null when the value is absent, so absent fields are omitted, never written as ``null``), the
+fragments of an object are concatenated in one kernel call, and arrays are joined per list.
+Python touches single values only where a string needs JSON escaping (quotes, backslashes,
+control characters), which real data rarely has, and for exotic Arrow types.
+
+The bytes are deterministic: keys follow the column order, numbers use Arrow's shortest
+round-trip formatting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bulkd.coerce import DateTimeStyle, to_date, to_datetime
+
+__all__ = ["EncodedRows", "encode_records", "to_ndjson"]
+
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
+_NULL_STR = pa.scalar(None, pa.string())
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """NDJSON for ``count`` records: ``data[offsets[i]:offsets[i+1]]`` is record ``i`` with its newline."""
+
+    data: pa.Buffer
+    offsets: np.ndarray
+    count: int
+
+    def slice_bytes(self, start: int, stop: int) -> memoryview:
+        """The NDJSON bytes of records ``start`` to ``stop`` (exclusive), without copying."""
+        lo = int(self.offsets[start])
+        hi = int(self.offsets[stop])
+        return memoryview(self.data)[lo:hi]
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size of all records."""
+        return int(self.offsets[self.count] - self.offsets[0])
+
+
+def encode_records(records: pa.Array) -> pa.StringArray:
+    """One JSON object text per record (records must not be null)."""
+    return _encode(records)
+
+
+def to_ndjson(rows: pa.StringArray) -> EncodedRows:
+    """Append newlines and expose the contiguous NDJSON bytes of ``rows``."""
+    lines = pc.binary_join_element_wise(rows, "\n", "")
+    if pa.types.is_large_string(lines.type):
+        lines = lines.cast(pa.string())
+    _validity, offsets_buf, data_buf = lines.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    base = int(offsets[0]) if len(offsets) else 0
+    rebased = offsets.astype(np.int64) - base
+    end = int(rebased[-1]) if len(rebased) else 0
+    data = data_buf.slice(base, end) if data_buf is not None else pa.py_buffer(b"")
+    return EncodedRows(data=data, offsets=rebased, count=len(lines))
+
+
+def _encode(arr: pa.Array) -> pa.Array:
+    t = arr.type
+    if pa.types.is_struct(t):
+        return _encode_struct(arr)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _encode_list(arr)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _encode_string(arr)
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_floating(t):
+        text = pc.cast(arr, pa.string())
+        return pc.if_else(pc.is_finite(arr), text, pa.scalar("null"))
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_timestamp(t):
+        return _encode_string(to_datetime(arr, DateTimeStyle()).values)
+    if pa.types.is_date(t):
+        return _encode_string(to_date(arr).values)
+    return _encode_python(arr)
+
+
+def _encode_struct(arr: pa.StructArray) -> pa.Array:
+    n = len(arr)
+    if arr.type.num_fields == 0:
+        return pc.if_else(arr.is_valid(), pa.scalar("{}"), _NULL_STR)
+    fragments = []
+    for i, field in enumerate(arr.type):
+        key = ("," + orjson.dumps(field.name).decode() + ":").encode()
+        value = _encode(arr.field(i))
+        fragments.append(pc.binary_join_element_wise(pa.scalar(key.decode()), value, ""))
+    body = pc.binary_join_element_wise(*fragments, "", null_handling="replace", null_replacement="")
+    body = pc.utf8_slice_codeunits(body, 1)
+    text = pc.binary_join_element_wise("{", body, "}", "")
+    if arr.null_count == 0:
+        return text
+    return pc.if_else(arr.is_valid(), text, pa.nulls(n, pa.string()))
+
+
+def _encode_list(arr: pa.Array) -> pa.Array:
+    if pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = arr.cast(pa.list_(arr.type.value_type))
+    offsets = arr.offsets
+    start = offsets[0].as_py()
+    stop = offsets[-1].as_py()
+    values = arr.values.slice(start, stop - start)
+    items = pc.fill_null(_encode(values), "null")
+    rebased = pc.subtract(offsets, pa.scalar(start, pa.int32()))
+    joined = pc.binary_join(pa.ListArray.from_arrays(rebased, items, mask=arr.is_null()), ",")
+    return pc.binary_join_element_wise("[", joined, "]", "")
+
+
+def _encode_string(arr: pa.Array) -> pa.Array:
+    if pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE), False)
+    if pc.any(needs).as_py():
+        picked = arr.filter(needs).to_pylist()
+        escaped = pa.array([orjson.dumps(v).decode()[1:-1] for v in picked], pa.string())
+        arr = pc.replace_with_mask(arr, needs, escaped)
+    return pc.binary_join_element_wise('"', arr, '"', "")
+
+
+def _encode_python(arr: pa.Array) -> pa.Array:
+    """Rare Arrow types (binary, maps, durations...): encode value by value."""
+    out: list[str | None] = []
+    for value in arr.to_pylist():
+        if value is None:
+            out.append(None)
+        else:
+            out.append(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
+    return pa.array(out, pa.string())
