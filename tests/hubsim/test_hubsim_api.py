@@ -88,14 +88,10 @@ async def test_unknown_dataset_is_404_when_datasets_are_declared(tmp_path: Path)
     config = SimulatorConfig(token=Secret("t"), store_dir=tmp_path, known_datasets=frozenset({"known"}))
     async with await start_simulator(config) as sim, aiohttp.ClientSession() as http:
         body = Client.upload_body(dataset_id="other")
-        async with http.post(
-            f"{sim.base_url}/v1/uploads", json=body, headers={"Auth-Api-Token": "t"}
-        ) as r:
+        async with http.post(f"{sim.base_url}/v1/uploads", json=body, headers={"Auth-Api-Token": "t"}) as r:
             assert r.status == 404
         body = Client.upload_body(dataset_id="known")
-        async with http.post(
-            f"{sim.base_url}/v1/uploads", json=body, headers={"Auth-Api-Token": "t"}
-        ) as r:
+        async with http.post(f"{sim.base_url}/v1/uploads", json=body, headers={"Auth-Api-Token": "t"}) as r:
             assert r.status == 201
 
 
