@@ -1,0 +1,76 @@
+"""The reader's public value types and the :class:`Source` interface every format implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+
+from bulkd.model import SourceBatch
+
+
+class SourceFormat(StrEnum):
+    """The input formats bulkd reads."""
+
+    CSV = "csv"
+    TSV = "tsv"
+    PARQUET = "parquet"
+    NDJSON = "ndjson"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How to read one input file; the defaults suit untrusted files of any size."""
+
+    format: SourceFormat | None = None
+    delimiter: str | None = None
+    quote_char: str = '"'
+    encoding: str | None = None
+    batch_rows: int = 65_536
+    block_size: int = 4 << 20
+    """CSV block bytes; also the longest CSV record that can be read (a longer one refuses the file)."""
+    max_field_bytes: int = 1 << 20
+    max_line_bytes: int = 16 << 20
+    max_columns: int = 10_000
+    max_decompressed_bytes: int | None = None
+    max_expansion_ratio: float = 200.0
+
+
+class Source(ABC):
+    """An open input file that yields :class:`SourceBatch` values; use it as a context manager."""
+
+    path: Path
+    format: SourceFormat
+    columns: tuple[str, ...]
+
+    @abstractmethod
+    def batches(self) -> Iterator[SourceBatch]:
+        """Yield the file's rows in order; may raise :class:`InputError` on a structural fault."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file; safe to call twice."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class EmptySource(Source):
+    """A 0-byte file: no columns, no rows (a policy: an empty export is not an error)."""
+
+    def __init__(self, path: Path, fmt: SourceFormat) -> None:
+        self.path, self.format, self.columns = path, fmt, ()
+
+    def batches(self) -> Iterator[SourceBatch]:
+        return iter(())
+
+    def close(self) -> None:
+        pass

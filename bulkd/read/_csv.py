@@ -1,0 +1,258 @@
+"""CSV/TSV: ``pyarrow.csv.open_csv`` with every column as a string and exact line numbers."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from bulkd.errors import InputError
+from bulkd.model import Reject, RejectRule, SourceBatch
+from bulkd.read._base import ReadOptions, Source, SourceFormat
+from bulkd.read._cells import CellChecks, Ints
+from bulkd.read._stream import SNIFF_BYTES, Stream
+
+
+def line_breaks(text: bytes) -> int:
+    """Physical line breaks in ``text``: LF, CR and CRLF each count once, as pyarrow sees them."""
+    return text.count(b"\n") + text.count(b"\r") - text.count(b"\r\n")
+
+
+def scan_record(buf: bytes, delim: int, quote: int, eof: bool) -> tuple[int | None, bool]:
+    """Where the first CSV record in ``buf`` ends (after its line break), and if it ends inside quotes.
+
+    ``(None, _)`` means more bytes are needed. Quotes open only at a field start, as in pyarrow.
+    """
+    i, n, field_start = 0, len(buf), True
+    stops = re.compile(b"[" + re.escape(bytes([delim])) + b"\r\n]")
+    while i < n:
+        if field_start and buf[i] == quote:
+            j = i + 1
+            while True:
+                k = buf.find(bytes([quote]), j)
+                if k < 0 or (k + 1 == n and not eof):
+                    return (n if eof else None), k < 0
+                if k + 1 < n and buf[k + 1] == quote:
+                    j = k + 2
+                    continue
+                i, field_start = k + 1, False
+                break
+            continue
+        m = stops.search(buf, i)
+        if m is None:
+            break
+        c, i = buf[m.start()], m.end()
+        if c == delim:
+            field_start = True
+            continue
+        if c == 13 and i == n and not eof:
+            return None, False
+        return (i + 1 if c == 13 and i < n and buf[i] == 10 else i), False
+    return (n if eof else None), False
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """A row pyarrow's parser skipped, as reported to ``invalid_row_handler`` (serial mode)."""
+
+    number: int
+    """1-based record number, counting the header and blank lines."""
+    span: int
+    fields: int
+    unterminated: bool
+
+
+class CsvSource(Source):
+    """CSV/TSV through ``pyarrow.csv.open_csv``, all columns as strings, line numbers kept exact."""
+
+    def __init__(self, path: Path, fmt: SourceFormat, stream: Stream, options: ReadOptions) -> None:
+        self.path, self.format, self._stream, self._options = path, fmt, stream, options
+        self._input = str(path)
+        self._delim = options.delimiter or ("\t" if fmt is SourceFormat.TSV else ",")
+        self._invalid: list[_Invalid] = []
+        self._next_record = 2
+        self._reader: Any = None
+        self._last: tuple[bytes, int] | None = None
+        self._block = options.block_size
+        self.columns, self._next_line, has_rows, row_bytes = self._read_header()
+        if has_rows:
+            self._reader = self._open_reader(row_bytes)
+
+    def _read_header(self) -> tuple[tuple[str, ...], int, bool, int]:
+        """Parse the header ourselves (to force string types); return names, next line, rows?, row size."""
+        buf, eof, quote = b"", False, ord(self._options.quote_char)
+        while True:
+            end, _ = scan_record(buf, ord(self._delim), quote, eof)
+            if end is not None or eof:
+                break
+            if len(buf) > self._options.max_line_bytes:
+                raise InputError(self._input, "the header is longer than max_line_bytes", line=1)
+            chunk = self._stream.read(SNIFF_BYTES)
+            eof, buf = not chunk, buf + chunk
+        self._stream.unread(buf)
+        end = len(buf) if end is None else end
+        record, rest = buf[:end], buf[end:]
+        if not record.strip(b"\r\n"):
+            if buf.strip(b"\r\n"):
+                raise InputError(self._input, "the first line is blank; it must be the header", line=1)
+            return (), 1, False, 0
+        names = self._header_names(record.rstrip(b"\r\n"))
+        has_rows = not (eof and not rest.strip(b"\r\n"))
+        rows = rest[: rest.rfind(b"\n") + 1]
+        row_bytes = len(rows) // max(1, rows.count(b"\n")) if rows else 0
+        return names, 2 + line_breaks(record.rstrip(b"\r\n")), has_rows, row_bytes
+
+    def _header_names(self, record: bytes) -> tuple[str, ...]:
+        try:
+            text = record.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(self._input, "the header is not valid UTF-8; set the encoding", line=1) from e
+        if "\x00" in text:
+            raise InputError(self._input, "the header holds NUL bytes; is it UTF-16 without a BOM?", line=1)
+        dialect = {"delimiter": self._delim, "quotechar": self._options.quote_char, "doublequote": True}
+        names = tuple(next(csv.reader([text], **dialect)))  # type: ignore[arg-type]
+        if len(names) > self._options.max_columns:
+            raise InputError(self._input, f"{len(names)} columns, more than max_columns allows", line=1)
+        if any(not n.strip() for n in names):
+            raise InputError(self._input, "the header has a blank column name", line=1)
+        dupes = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) < len(names) else []
+        if dupes:
+            raise InputError(self._input, f"duplicate column names in the header: {', '.join(dupes)}", line=1)
+        return names
+
+    def _open_reader(self, row_bytes: int) -> Any:
+        """Serial reader (row numbers in the handler need it), all binary, multi-line values on."""
+        o = self._options
+        self._block = block = min(o.block_size, max(1 << 16, row_bytes * o.batch_rows))
+        try:
+            reader = pacsv.open_csv(
+                pa.PythonFile(self._stream, mode="r"),
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=self._delim,
+                    quote_char=o.quote_char,
+                    newlines_in_values=True,
+                    ignore_empty_lines=False,
+                    invalid_row_handler=self._on_invalid,
+                ),
+                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(self.columns, pa.binary())),
+            )
+        except pa.ArrowInvalid as e:
+            raise self._parse_error(e) from e
+        if reader.schema.names != list(self.columns):
+            raise InputError(self._input, "the header could not be read consistently", line=1)
+        return reader
+
+    def _on_invalid(self, row: Any) -> str:
+        text = row.text.encode("utf-8", "surrogateescape")
+        _, unterminated = scan_record(text, ord(self._delim), ord(self._options.quote_char), True)
+        self._invalid.append(_Invalid(row.number, 1 + line_breaks(text), row.actual_columns, unterminated))
+        return "skip"
+
+    def _parse_error(self, e: Exception) -> InputError:
+        """pyarrow's message may quote cell text: keep only its first clause."""
+        if "straddl" in str(e):
+            cause = f"a record at or after this line is longer than the {self._block}-byte block size"
+            return InputError(self._input, cause + " (an unterminated quote?)", line=self._next_line)
+        return InputError(
+            self._input, f"cannot be parsed as CSV ({str(e).split(':')[0]})", line=self._next_line
+        )
+
+    def batches(self) -> Iterator[SourceBatch]:
+        if self._reader is None:
+            return
+        held: SourceBatch | None = None
+        while True:
+            try:
+                raw = self._reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as e:
+                raise self._parse_error(e) from e
+            batch = self._finish(raw, final=False)
+            if batch is not None:
+                if held is not None:
+                    yield held
+                held = batch
+        self._check_unterminated()
+        last = self._finish(None, final=True)
+        if held is not None:
+            yield held
+        if last is not None:
+            yield last
+
+    def _check_unterminated(self) -> None:
+        """At the end: did the last record's last field open a quote that never closed?"""
+        if self._last is None:
+            return
+        cell, line = self._last
+        q = self._options.quote_char.encode()
+        opened = q + cell.replace(q, q + q)
+        tail = self._stream.tail
+        if len(opened) < len(tail):
+            hit = tail.endswith(opened) and tail[-len(opened) - 1] in self._delim.encode() + b"\r\n"
+        else:
+            hit = opened.endswith(tail)
+        if hit:
+            raise InputError(self._input, "a quoted field is never closed", line=line)
+
+    def _take_invalid(self, rows: int, final: bool) -> list[_Invalid]:
+        """The skipped rows that sit among (or right after) the next ``rows`` parsed records."""
+        k = 0
+        while k < len(self._invalid) and (final or self._invalid[k].number <= self._next_record + rows + k):
+            k += 1
+        taken, self._invalid = self._invalid[:k], self._invalid[k:]
+        return taken
+
+    def _finish(self, raw: Any, final: bool) -> SourceBatch | None:
+        """Number the rows, check the cells, and split good rows from rejects."""
+        n = 0 if raw is None else raw.num_rows
+        invalid = self._take_invalid(n, final)
+        if n == 0 and not invalid:
+            return None
+        checks = CellChecks(raw, self.columns, self._options) if n else None
+        spans = np.ones(n + len(invalid), dtype=np.int64)
+        at = np.array([r.number - self._next_record for r in invalid], dtype=np.int64)
+        good = np.ones(n + len(invalid), dtype=np.bool_)
+        good[at] = False
+        if checks is not None:
+            spans[good] += checks.breaks
+        spans[at] = [r.span for r in invalid]
+        starts = self._next_line + np.cumsum(spans) - spans
+        self._next_line += int(spans.sum())
+        self._next_record += n + len(invalid)
+        rejects = [self._ragged(r, int(starts[i])) for r, i in zip(invalid, at, strict=True)]
+        if checks is None:
+            self._last = None
+            return self._batch(pa.RecordBatch.from_arrays([], names=[]), starts[:0], rejects)
+        lines = starts[good]
+        trailing_invalid = bool(at.size) and int(at.max()) > int(np.flatnonzero(good)[-1])
+        cell = raw.column(len(self.columns) - 1)[n - 1].as_py()
+        self._last = None if trailing_invalid else (bytes(cell), int(lines[-1]))
+        rejects += checks.rejects(self._input, lines)
+        rejects.sort(key=lambda r: r.line)
+        return self._batch(checks.good_data(), lines[checks.keep], rejects)
+
+    def _ragged(self, row: _Invalid, line: int) -> Reject:
+        if row.unterminated:
+            raise InputError(self._input, "a quoted field is never closed", line=line)
+        message = f"row has {row.fields} fields; the header has {len(self.columns)}"
+        return Reject(self._input, line, None, RejectRule.RAGGED_ROW, message)
+
+    def _batch(self, data: Any, lines: Ints, rejects: list[Reject]) -> SourceBatch:
+        if data.num_columns == 0 and self.columns:
+            data = pa.RecordBatch.from_arrays(
+                [pa.array([], pa.string())] * len(self.columns), names=list(self.columns)
+            )
+        return SourceBatch(data, pa.array(lines, pa.int64()), tuple(rejects), self._stream.bytes_read)
+
+    def close(self) -> None:
+        self._reader = None
+        self._stream.close()

@@ -1,0 +1,144 @@
+"""The input file as a stream of UTF-8 bytes, whatever its compression and encoding."""
+
+from __future__ import annotations
+
+import codecs
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+
+from bulkd.errors import InputError
+from bulkd.read._base import ReadOptions
+
+BOMS: Final = (  # UTF-32 before UTF-16: FF FE 00 00 starts with the UTF-16 LE BOM
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+SNIFF_BYTES: Final = 1 << 16
+TAIL_BYTES: Final = 4096
+RATIO_FLOOR_BYTES: Final = 16 << 20
+"""The expansion ratio is only judged past this much output: tiny files may compress very well."""
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """Compression by magic bytes, so a mis-named compressed file is still read correctly."""
+    if head.startswith(b"\x1f\x8b\x08"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if re.match(rb"BZh[1-9](\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)", head):
+        return "bz2"
+    return None
+
+
+class Stream:
+    """The file as UTF-8 bytes: decompressed, transcoded, BOM stripped, bombs and truncation refused.
+
+    It is handed to pyarrow as a Python file object. The Python call per block (megabytes) is cheap,
+    and it lets bulkd own the whole byte path: caps, clear errors, a pushback for the header sniff,
+    and the stream's last bytes (to tell an unterminated quote from a closed one at the end).
+    """
+
+    def __init__(self, path: Path, compression: str | None, options: ReadOptions) -> None:
+        self._path = str(path)
+        self._options = options
+        self._codec = compression
+        self._raw = pa.OSFile(str(path), mode="r")
+        self._source: Any = (
+            self._raw if compression is None else pa.CompressedInputStream(self._raw, compression)
+        )
+        self._decoded_in = 0
+        self._pending = b""
+        self._eof = False
+        self.tail = b""
+        self.closed = False
+        head = self._pull(SNIFF_BYTES)
+        while len(head) < 4 and not self._eof:
+            head += self._pull(SNIFF_BYTES)
+        self._decoder = self._make_decoder(head)
+        self._pending = self._transcode(head, start=True)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the file on disk consumed so far (compressed, when it is compressed)."""
+        return int(self._raw.tell()) if not self._raw.closed else 0
+
+    def _make_decoder(self, head: bytes) -> codecs.IncrementalDecoder | None:
+        """None for UTF-8 (cells are checked later); else a strict decoder for the BOM or the option."""
+        encoding = self._options.encoding
+        if encoding is None:
+            encoding = next((name for bom, name in BOMS if head.startswith(bom)), "utf-8")
+        try:
+            info = codecs.lookup(encoding)
+        except LookupError as e:
+            raise InputError(self._path, f"unknown encoding {encoding!r}") from e
+        if info.name == "utf-8":
+            return None
+        return info.incrementaldecoder("strict")
+
+    def _pull(self, size: int) -> bytes:
+        """Up to ``size`` decompressed bytes, enforcing the decompression caps."""
+        try:
+            data = bytes(self._source.read(size))
+        except (OSError, pa.ArrowException) as e:
+            what = "truncated" if "runcated" in str(e) else f"corrupt ({e})"
+            raise InputError(self._path, f"the {self._codec or 'file'} data is {what}") from e
+        if not data:
+            self._eof = True
+            return data
+        self._decoded_in += len(data)
+        if self._codec is not None:
+            self._check_caps()
+        return data
+
+    def _check_caps(self) -> None:
+        cap, out = self._options.max_decompressed_bytes, self._decoded_in
+        ratio = out / max(1, self.bytes_read)
+        if (cap is not None and out > cap) or (
+            out > RATIO_FLOOR_BYTES and ratio > self._options.max_expansion_ratio
+        ):
+            raise InputError(
+                self._path,
+                f"decompression limit exceeded ({out} bytes out, ratio {ratio:.0f}:1): a likely bomb",
+            )
+
+    def _transcode(self, data: bytes, start: bool = False) -> bytes:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decode(data, final=self._eof).encode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(self._path, f"the text cannot be decoded as {self._encoding_name()}") from e
+        if start and data.startswith(codecs.BOM_UTF8):
+            data = data[3:]
+        return data
+
+    def _encoding_name(self) -> str:
+        return self._options.encoding or "the encoding its byte-order mark declares"
+
+    def read(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes of UTF-8 (all that is left for ``size < 0``); b"" at the end."""
+        if size < 0:
+            while not self._eof:
+                self._pending += self._transcode(self._pull(1 << 20))
+            size = len(self._pending)
+        while not self._pending and not self._eof:
+            self._pending = self._transcode(self._pull(max(size, 1 << 16)))
+        out, self._pending = self._pending[:size], self._pending[size:]
+        self.tail = (self.tail + out)[-TAIL_BYTES:]
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Push bytes back so that the next read returns them first (the header sniff uses this)."""
+        self._pending = data + self._pending
+        self.tail = b""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._source.close()
+            self._raw.close()
