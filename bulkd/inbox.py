@@ -235,9 +235,7 @@ def _glob_regex(glob: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def _route(
-    parts: tuple[bytes, ...], root: Path, rules: list[tuple[re.Pattern[str], Route]]
-) -> Route | SkipReason:
+def _route(parts: tuple[bytes, ...], rules: list[tuple[re.Pattern[str], Route]]) -> Route | SkipReason:
     if rules:
         rel = os.fsdecode(b"/".join(parts))
         return next((route for rx, route in rules if rx.fullmatch(rel)), SkipReason.UNROUTED)
@@ -279,7 +277,7 @@ def scan(root: Path, routes: tuple[Route, ...] = (), max_depth: int = LAYOUT_DEP
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue
-            outcome = _classify(st, parts, depth, root, rules)
+            outcome = _classify(st, parts, rules)
             if isinstance(outcome, Route):
                 entries.append(InboxEntry(root, b"/".join(parts), outcome, *_signature(st)))
             elif outcome is SkipReason.DIRECTORY and len(parts) < depth:
@@ -290,12 +288,9 @@ def scan(root: Path, routes: tuple[Route, ...] = (), max_depth: int = LAYOUT_DEP
 
 
 def _classify(
-    st: os.stat_result,
-    parts: tuple[bytes, ...],
-    depth: int,
-    root: Path,
-    rules: list[tuple[re.Pattern[str], Route]],
+    st: os.stat_result, parts: tuple[bytes, ...], rules: list[tuple[re.Pattern[str], Route]]
 ) -> Route | SkipReason:
+    """Only a regular file with one link can be a candidate; it then needs a route."""
     mode = st.st_mode
     if stat.S_ISLNK(mode):
         return SkipReason.SYMLINK
@@ -305,7 +300,7 @@ def _classify(
         return SkipReason.NOT_REGULAR
     if st.st_nlink > 1:
         return SkipReason.HARD_LINK
-    return _route(parts, root, rules)
+    return _route(parts, rules)
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:

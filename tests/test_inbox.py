@@ -142,6 +142,13 @@ def test_glob_routing_first_match_wins(root: Path) -> None:
     assert reasons(root, routes, max_depth=2) == {b"crm/2026": SkipReason.DIRECTORY}
 
 
+def test_crash_points_are_declared() -> None:
+    from bulkd import durable, ledger
+
+    declared = durable.CRASHPOINTS
+    assert {CLAIM_HASHED, CLAIM_RECORDED, CLAIM_MOVED, durable.WRITE_SYNCED, ledger.TXN_WRITTEN} <= declared
+
+
 def test_route_ids_are_validated() -> None:
     with pytest.raises(ConfigError, match="dataset_id"):
         Route("*.csv", "../x", "customer_record")
