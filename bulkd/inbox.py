@@ -446,7 +446,12 @@ def forget_claim(work_dir: Path, job_id: str) -> None:
 
 
 def recover_claims(work_dir: Path) -> list[ClaimedFile]:
-    """Claims interrupted by a crash: moved files still awaiting their ledger row."""
+    """Claims interrupted by a crash: files moved into the work area whose record is still there.
+
+    The caller adds each to the ledger unless it is already there, then calls
+    :func:`forget_claim`. Records whose rename never happened are dropped here (the source is
+    still in the inbox and the next scan finds it again), and stale temp files are swept.
+    """
     remove_temp_files(work_dir)
     found: list[ClaimedFile] = []
     for record in sorted(work_dir.glob(f"*{CLAIM_RECORD_SUFFIX}")):
@@ -495,8 +500,11 @@ class Inbox:
         self._on_skip = on_skip or (lambda s: log.warning("inbox: skipped %s: %s", s.name, s.reason.value))
         self._reported: set[tuple[bytes, SkipReason]] = set()
 
-    def prepare(self) -> list[ClaimedFile]:
-        """Create and check the work area; return interrupted claims (blocking: call once at startup)."""
+    async def prepare(self) -> list[ClaimedFile]:
+        """Create and check the work area; return claims a crash interrupted (see :func:`recover_claims`)."""
+        return await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> list[ClaimedFile]:
         work, root = self.settings.work_dir, self.settings.root
         work.mkdir(parents=True, exist_ok=True)
         if os.stat(work).st_dev != os.stat(root).st_dev:

@@ -225,9 +225,13 @@ class Ledger:
             raise LedgerError(f"cannot use state directory {state_dir}: {exc.strerror or exc}") from exc
         try:
             self._db = self._connect(state_dir / DB_NAME, busy_timeout)
-            self._migrate()
         except BaseException:
             os.close(self._lock_fd)
+            raise
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
             raise
 
     @staticmethod

@@ -405,7 +405,7 @@ async def test_inbox_polls_claims_and_reports_skips_once(root: Path, work: Path)
     clock = FakeClock()
     skips: list[Skipped] = []
     inbox = Inbox(InboxSettings(root, work, settle_seconds=5), clock=clock, on_skip=skips.append)
-    assert inbox.prepare() == []
+    assert await inbox.prepare() == []
     drop(root, LAYOUT + b"a.csv")
     os.mkfifo(root / "ds1" / "customer_record" / "pipe")
     assert await inbox.poll() == []
@@ -424,15 +424,15 @@ async def test_inbox_polls_claims_and_reports_skips_once(root: Path, work: Path)
     assert await inbox.claim(entry) is None, "already moved: vanished, retried by later polls"
 
 
-def test_prepare_checks_the_work_area(root: Path, tmp_path: Path) -> None:
+async def test_prepare_checks_the_work_area(root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hidden directory"):
-        Inbox(InboxSettings(root, root / "work")).prepare()
-    Inbox(InboxSettings(root, root / ".work")).prepare()
+        await Inbox(InboxSettings(root, root / "work")).prepare()
+    await Inbox(InboxSettings(root, root / ".work")).prepare()
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev or not os.access(shm, os.W_OK):
         pytest.skip("no second writable filesystem to test against")
     with tempfile.TemporaryDirectory(dir=shm) as other, pytest.raises(ConfigError, match="same filesystem"):
-        Inbox(InboxSettings(root, Path(other))).prepare()
+        await Inbox(InboxSettings(root, Path(other))).prepare()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
