@@ -84,14 +84,14 @@ class FastChecker:
     """
 
     def __init__(self, record_type: RecordType) -> None:
-        self._root = record_type.schema
+        self.root = record_type.schema
 
     def check(self, records: pa.Array) -> pa.BooleanArray:
         """True for rows that satisfy the whole schema."""
-        return pc.fill_null(self._node(self._root, records), False)
+        return pc.fill_null(self._node(self.root, records), False)
 
     def _node(self, node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
-        node = resolve_ref(self._root, node)
+        node = resolve_ref(self.root, node)
         if not set(node) <= _HANDLED:
             return _none_ok(arr)
         ok = _type_ok(node.get("type"), arr)
@@ -144,7 +144,7 @@ class FastChecker:
             values = pc.list_flatten(arr)
             item_ok = self._node(items, values)
             # a JSON array cannot hold an absent item: a null element must satisfy the item schema
-            item_ok = pc.and_kleene(item_ok, _nulls_allowed(resolve_ref(self._root, items), values))
+            item_ok = pc.and_kleene(item_ok, _nulls_allowed(resolve_ref(self.root, items), values))
             failed = pc.take(pc.list_parent_indices(arr), pc.indices_nonzero(pc.invert(item_ok)))
             ok = pc.and_kleene(ok, pc.invert(pc.is_in(pa.array(np.arange(len(arr))), failed)))
         elif items is not None:
@@ -312,8 +312,43 @@ class RecordChecker:
         try:
             self.compiled(record)
         except SchemaViolation as exc:
-            return violation_reason(exc)
+            field, rule, message = violation_reason(exc)
+            if rule == "anyOf" and isinstance(exc.definition, dict):
+                message = self._explain_any_of(field, exc.definition, exc.value) or message
+            return field, rule, message
         return None
+
+    def _explain_any_of(self, field: str | None, definition: dict[str, Any], value: Any) -> str | None:
+        """Say which form the value looks like and why it fails it, or list the accepted forms.
+
+        fastjsonschema only says "cannot be validated by any definition", which tells a user
+        nothing about Lexer's seven ``link`` forms.
+        """
+        root = self.fast.root
+        variants = [resolve_ref(root, v) for v in definition.get("anyOf", [])]
+        if isinstance(value, dict):
+            for variant in variants:
+                required = variant.get("required", [])
+                if required and all(k in value for k in required):
+                    check = _variant_validator(root, variant)
+                    try:
+                        check(value)
+                    except SchemaViolation as inner:
+                        _, _, why = violation_reason(inner)
+                        return f"{field or 'record'} looks like {{{', '.join(required)}}} but {why}"
+        forms = " | ".join(" + ".join(v.get("required", [])) or "{}" for v in variants)
+        return f"{field or 'record'} matches none of the accepted forms: {forms}"
+
+
+_VARIANTS: dict[int, RecordValidator] = {}
+
+
+def _variant_validator(root: dict[str, Any], variant: dict[str, Any]) -> RecordValidator:
+    key = id(variant)
+    if key not in _VARIANTS:
+        schema = {**variant, "definitions": root.get("definitions", {})}
+        _VARIANTS[key] = fastjsonschema.compile(schema, formats=FORMAT_CHECKERS, use_default=False)
+    return _VARIANTS[key]
 
 
 def violation_reason(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str | None, str, str]:

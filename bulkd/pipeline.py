@@ -1,0 +1,304 @@
+"""The conversion pipeline for one input file: read → map → validate → encode → chunk.
+
+This is what ``bulkd convert`` and the daemon both call. It accounts for every row: each input
+row ends up in a written record or in the reject file, and the summary's
+``rows = rows_delivered + rejected`` is checked before success is reported. A whole-file
+refusal (:class:`InputError`) or a reject ratio above the threshold leaves no chunk behind.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bulkd.chunk import ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter
+from bulkd.documents import DocumentMapper
+from bulkd.encode import EncodedRows, encode_records, to_ndjson
+from bulkd.errors import BulkdError, RejectThresholdError
+from bulkd.group import Partitions, group_partition
+from bulkd.mapping import MappedBatch, MappingPlan, flatten_columns, map_batch, plan_mapping
+from bulkd.model import Reject, RejectRule, SourceBatch
+from bulkd.profile import Profile
+from bulkd.read import ReadOptions, Source, SourceFormat, open_source
+from bulkd.rejects import RejectWriter
+from bulkd.schemas import RecordType
+from bulkd.validate import RecordChecker
+
+__all__ = ["ConvertSettings", "FileResult", "Progress", "convert_file", "summary_json"]
+
+Progress = Callable[[int, int], None]
+"""Called after each batch with (rows so far, input bytes so far)."""
+
+_PARTITION_INPUT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertSettings:
+    """Everything that decides a conversion's output bytes (so equal settings give equal chunks)."""
+
+    record_type: RecordType
+    dataset_id: str
+    timestamp: str
+    profile: Profile = field(default_factory=Profile)
+    read: ReadOptions = field(default_factory=ReadOptions)
+    limits: ChunkLimits = field(default_factory=ChunkLimits)
+    max_reject_ratio: float | None = None
+    """Fail the file when rejected / rows exceeds this (None: never fail for rejects)."""
+    write_chunks: bool = True
+    """False for ``bulkd validate``: check everything, write nothing but rejects."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """The outcome of converting one input file."""
+
+    input: str
+    rows: int = 0
+    records: int = 0
+    rows_delivered: int = 0
+    rejected: int = 0
+    chunks: tuple[ChunkInfo, ...] = ()
+    rejects_path: Path | None = None
+    rejects_by_rule: dict[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Run:
+    """State of one conversion: sinks, counters and the stage objects."""
+
+    def __init__(self, path: Path, out_dir: Path, settings: ConvertSettings, prefix: str) -> None:
+        self.input = str(path)
+        self.settings = settings
+        self.checker = RecordChecker(settings.record_type)
+        naming = ChunkNaming(settings.dataset_id, settings.record_type.name, settings.timestamp, prefix)
+        self.writer = ChunkWriter(out_dir, naming, settings.limits) if settings.write_chunks else None
+        stem = naming.filename(0).removesuffix("_00000.ndjson.gz").removesuffix("-00000.ndjson.gz")
+        self.rejects = RejectWriter(out_dir / f"{stem}.rejects.ndjson")
+        self.rows = 0
+        self.records = 0
+        self.rows_delivered = 0
+        self.warnings: list[str] = []
+
+    def reject(self, rejects: tuple[Reject, ...] | list[Reject]) -> None:
+        self.rejects.add(rejects)
+
+    def emit(self, records: pa.Array, rows_in_records: int) -> None:
+        if len(records) == 0:
+            return
+        self.emit_encoded(to_ndjson(encode_records(records)), rows_in_records)
+
+    def emit_encoded(self, encoded: EncodedRows, rows_in_records: int) -> None:
+        if self.writer is not None:
+            self.writer.write(encoded)
+        self.records += encoded.count
+        self.rows_delivered += rows_in_records
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        self.rejects.abort()
+
+
+def convert_file(
+    path: Path,
+    out_dir: Path,
+    settings: ConvertSettings,
+    progress: Progress | None = None,
+    prefix: str = "",
+) -> FileResult:
+    """Convert one input file into chunks under ``out_dir`` (plus a reject file when needed).
+
+    Whole-file problems are returned as ``FileResult.error`` (one sentence naming the file), never
+    raised, so that a batch of inputs goes on with the next file.
+    """
+    started = time.monotonic()
+    run = _Run(path, out_dir, settings, prefix)
+    try:
+        with open_source(path, settings.read) as source:
+            _convert(source, run, progress)
+        _check_threshold(run)
+        chunks = tuple(run.writer.finish()) if run.writer is not None else ()
+        rejects_path = run.rejects.finish()
+    except BulkdError as exc:
+        run.abort()
+        return FileResult(input=run.input, rows=run.rows, error=str(exc), seconds=time.monotonic() - started)
+    rejected = run.rejects.count
+    if run.rows != run.rows_delivered + rejected:
+        raise BulkdError(
+            f"{run.input}: accounting mismatch: {run.rows} rows read, "
+            f"{run.rows_delivered} delivered, {rejected} rejected"
+        )
+    return FileResult(
+        input=run.input,
+        rows=run.rows,
+        records=run.records,
+        rows_delivered=run.rows_delivered,
+        rejected=rejected,
+        chunks=chunks,
+        rejects_path=rejects_path,
+        rejects_by_rule=dict(run.rejects.by_rule),
+        warnings=tuple(run.warnings),
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_threshold(run: _Run) -> None:
+    ratio = run.settings.max_reject_ratio
+    if ratio is not None and run.rows and run.rejects.count / run.rows > ratio:
+        raise RejectThresholdError(run.input, run.rejects.count, run.rows, ratio)
+
+
+def _convert(source: Source, run: _Run, progress: Progress | None) -> None:
+    batches = _counted(source.batches(), run, progress)
+    if source.format is SourceFormat.NDJSON:
+        _convert_documents(batches, run)
+        return
+    grouping = run.settings.record_type.grouping
+    if grouping is None:
+        _convert_rows(source, batches, run)
+    else:
+        _convert_groups(source, batches, run)
+
+
+def _counted(batches: Iterator[SourceBatch], run: _Run, progress: Progress | None) -> Iterator[SourceBatch]:
+    for batch in batches:
+        run.rows += batch.rows
+        run.reject(batch.rejects)
+        yield batch
+        if progress is not None:
+            progress(run.rows, batch.bytes_read)
+
+
+def _planner(source: Source, run: _Run) -> Callable[[pa.RecordBatch], MappingPlan]:
+    """Plan once, from the header (CSV) or the first batch's flattened columns (Parquet)."""
+    plans: list[MappingPlan] = []
+    settings = run.settings
+
+    def plan_for(data: pa.RecordBatch) -> MappingPlan:
+        if not plans:
+            plans.append(plan_mapping(run.input, data.schema.names, settings.record_type, settings.profile))
+            run.warnings.extend(plans[0].warnings)
+        return plans[0]
+
+    if source.format is not SourceFormat.PARQUET:
+        empty = pa.RecordBatch.from_arrays(
+            [pa.array([], pa.string()) for _ in source.columns], names=list(source.columns)
+        )
+        plan_for(empty)
+    return plan_for
+
+
+def _flat(source: Source, batch: SourceBatch) -> SourceBatch:
+    if source.format is not SourceFormat.PARQUET:
+        return batch
+    return SourceBatch(flatten_columns(batch.data), batch.lines, batch.rejects, batch.bytes_read)
+
+
+def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
+    plan_for = _planner(source, run)
+    for raw in batches:
+        batch = _flat(source, raw)
+        mapped = map_batch(plan_for(batch.data), batch)
+        run.reject(mapped.rejects)
+        good = pc.invert(mapped.bad)
+        records = mapped.records.filter(good)
+        lines = mapped.lines.filter(good)
+        verdict = run.checker.verdict(run.input, records, lines)
+        run.reject(verdict.rejects)
+        valid = records.filter(verdict.valid)
+        run.emit(valid, len(valid))
+
+
+def _convert_groups(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
+    grouping = run.settings.record_type.grouping
+    assert grouping is not None
+    plan_for = _planner(source, run)
+    size = source.path.stat().st_size if source.path.exists() else 0
+    with tempfile.TemporaryDirectory(prefix="bulkd-groups-", dir=_spill_parent(run)) as spill:
+        partitions = Partitions(math.ceil(size / _PARTITION_INPUT_BYTES), Path(spill))
+        try:
+            for raw in batches:
+                batch = _flat(source, raw)
+                mapped = map_batch(plan_for(batch.data), batch)
+                no_key = partitions.add(mapped, grouping.key)
+                run.reject(_keyless_rejects(run.input, mapped, no_key, grouping.key))
+            for table in partitions.tables():
+                _emit_groups(table, run)
+        finally:
+            partitions.close()
+
+
+def _spill_parent(run: _Run) -> str | None:
+    return str(run.writer.out_dir) if run.writer is not None else None
+
+
+def _keyless_rejects(input_name: str, mapped: MappedBatch, rows: list[int], key: str) -> list[Reject]:
+    """Rows without a key belong to no group: a bad row keeps its own reason, others get this one."""
+    if not rows:
+        return []
+    own = dict(zip(pc.indices_nonzero(mapped.bad).to_pylist(), mapped.rejects, strict=True))
+    lines = mapped.lines.to_pylist()
+    why = f"{key} is required to group order lines"
+    return [own.get(r) or Reject(input_name, lines[r], key, RejectRule.MISSING_KEY.value, why) for r in rows]
+
+
+def _emit_groups(table: pa.Table, run: _Run) -> None:
+    grouping = run.settings.record_type.grouping
+    assert grouping is not None
+    grouped = group_partition(table, grouping, run.input)
+    run.reject(grouped.rejects)
+    if len(grouped.records) == 0:
+        return
+    verdict = run.checker.verdict(run.input, grouped.records, grouped.first_lines)
+    valid_flags = verdict.valid.to_pylist()
+    reasons = iter(verdict.rejects)
+    for flag, members in zip(valid_flags, grouped.member_lines, strict=True):
+        if flag:
+            continue
+        reason = next(reasons)
+        run.reject([Reject(run.input, line, reason.field, reason.rule, reason.message) for line in members])
+    valid = grouped.records.filter(verdict.valid)
+    delivered = sum(len(m) for m, f in zip(grouped.member_lines, valid_flags, strict=True) if f)
+    run.emit(valid, delivered)
+
+
+def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
+    mapper = DocumentMapper(run.input, run.settings.record_type, run.settings.profile, run.checker)
+    for batch in batches:
+        texts, rejects = mapper.map(batch)
+        run.reject(rejects)
+        if texts:
+            run.emit_encoded(to_ndjson(pa.array(texts, pa.string())), len(texts))
+    run.warnings.extend(mapper.warnings())
+
+
+def summary_json(results: list[FileResult]) -> bytes:
+    """The ``--json`` summary line (see the CLI)."""
+    doc = {
+        "rows": sum(r.rows for r in results),
+        "records": sum(r.records for r in results),
+        "rejected": sum(r.rejected for r in results),
+        "chunks": [
+            {"path": str(c.path), "records": c.records, "bytes": c.bytes, "sha256": c.sha256_hex}
+            for r in results
+            for c in r.chunks
+        ],
+        "rejects": next((str(r.rejects_path) for r in results if r.rejects_path), None),
+        "errors": [{"input": r.input, "error": r.error} for r in results if r.error],
+        "warnings": [w for r in results for w in r.warnings],
+    }
+    return orjson.dumps(doc)
