@@ -76,9 +76,7 @@ class RejectThresholdError(BulkdError):
     """More rows were rejected than ``max_reject_ratio`` allows."""
 
     def __init__(self, path: str, rejected: int, rows: int, ratio: float) -> None:
-        super().__init__(
-            f"{path}: {rejected} of {rows} rows rejected, above the allowed ratio {ratio:g}"
-        )
+        super().__init__(f"{path}: {rejected} of {rows} rows rejected, above the allowed ratio {ratio:g}")
         self.path = path
         self.rejected = rejected
         self.rows = rows
