@@ -1,0 +1,150 @@
+"""Coercion of cells to JSON types, and the calendar-aware formats the validator uses."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from bulkd import coerce
+from bulkd.coerce import DateTimeStyle
+from bulkd.formats import is_date, is_datetime
+
+
+def _texts(values: list[str | None]) -> pa.Array:
+    return pa.array(values, pa.string())
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("1990-02-28", True),
+        ("2000-02-29", True),
+        ("1990-02-31", False),
+        ("1900-02-29", False),
+        ("1990-13-01", False),
+        ("1990-00-10", False),
+        ("0000-01-01", False),
+        ("1990-2-3", False),
+        ("1990-02-28T00:00:00Z", False),
+    ],
+)
+def test_date_format_and_coercion_agree(value: str, ok: bool) -> None:
+    assert is_date(value) is ok
+    got = coerce.to_date(_texts([value]))
+    assert got.values.to_pylist() == [value if ok else None]
+    assert got.bad.to_pylist() == [not ok]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("2023-03-06T12:26:47Z", True),
+        ("2023-03-06T12:26:47.123+10:00", True),
+        ("2023-03-06t12:26:47z", True),
+        ("2023-02-29T12:00:00Z", False),
+        ("2023-03-06T24:00:00Z", False),
+        ("2023-03-06T12:60:00Z", False),
+        ("2023-03-06T12:00:60Z", False),
+        ("2023-03-06T12:00:00+24:00", False),
+        ("2023-03-06T12:00:00+10:60", False),
+        ("2023-03-06T12:00:00", False),
+        ("2023-03-06 12:00:00Z", False),
+    ],
+)
+def test_datetime_format(value: str, ok: bool) -> None:
+    assert is_datetime(value) is ok
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2023-03-06T12:26:47Z", "2023-03-06T12:26:47Z"),
+        ("2023-03-06 12:26", "2023-03-06T12:26:00Z"),
+        ("2023-03-06", "2023-03-06T00:00:00Z"),
+        ("2023-03-06T12:26:47.5+1000", "2023-03-06T12:26:47.5+10:00"),
+        ("2023-03-06T12:26:47z", "2023-03-06T12:26:47Z"),
+        (" 2023-03-06T12:26:47-05:30 ", "2023-03-06T12:26:47-05:30"),
+        ("2023-02-30T10:00:00Z", None),
+        ("2023-03-06T25:00:00Z", None),
+        ("2023-03-06T10:00:00+25:00", None),
+        ("06/03/2023", None),
+    ],
+)
+def test_datetime_is_normalised_to_rfc3339(value: str, expected: str | None) -> None:
+    got = coerce.to_datetime(_texts([value]), DateTimeStyle())
+    assert got.values.to_pylist() == [expected]
+    assert got.bad.to_pylist() == [expected is None]
+    if expected is not None:
+        assert is_datetime(expected)
+
+
+def test_naive_datetime_gets_the_configured_offset() -> None:
+    got = coerce.to_datetime(_texts(["2023-03-06 08:00", "2023-03-06T08:00:00Z"]), DateTimeStyle("+10:00"))
+    assert got.values.to_pylist() == ["2023-03-06T08:00:00+10:00", "2023-03-06T08:00:00Z"]
+
+
+def test_arrow_timestamps_are_formatted_in_utc() -> None:
+    zoned = pa.array([0, 1_500_000], pa.timestamp("ms", "Australia/Melbourne"))
+    assert coerce.to_datetime(zoned, DateTimeStyle()).values.to_pylist() == [
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:25:00Z",
+    ]
+    naive = pa.array([1_500], pa.timestamp("ms"))
+    assert coerce.to_datetime(naive, DateTimeStyle("+10:00")).values.to_pylist() == [
+        "1970-01-01T00:00:01.5+10:00"
+    ]
+
+
+@pytest.mark.parametrize("spelling", ["true", "TRUE", "True", "1", "yes", "YES", " Yes "])
+def test_boolean_true_spellings(spelling: str) -> None:
+    assert coerce.to_boolean(_texts([spelling])).values.to_pylist() == [True]
+
+
+@pytest.mark.parametrize("spelling", ["false", "FALSE", "False", "0", "no", "NO", "nO"])
+def test_boolean_false_spellings(spelling: str) -> None:
+    assert coerce.to_boolean(_texts([spelling])).values.to_pylist() == [False]
+
+
+def test_boolean_refuses_other_words_but_not_nulls() -> None:
+    got = coerce.to_boolean(_texts(["y", "2", None, "truthy"]))
+    assert got.values.to_pylist() == [None, None, None, None]
+    assert got.bad.to_pylist() == [True, True, False, True]
+    ints = coerce.to_boolean(pa.array([0, 1, 2], pa.int64()))
+    assert ints.values.to_pylist() == [False, True, None]
+    assert ints.bad.to_pylist() == [False, False, True]
+
+
+def test_integer_spellings() -> None:
+    got = coerce.to_integer(
+        _texts(["12", "+12", "-3", "12.0", "12.5", "1e3", "abc", "99999999999999999999", None])
+    )
+    assert got.values.to_pylist() == [12, 12, -3, 12, None, None, None, None, None]
+    assert got.bad.to_pylist() == [False, False, False, False, True, True, True, True, False]
+
+
+def test_integer_from_floats() -> None:
+    got = coerce.to_integer(pa.array([1.0, 1.5, float("nan"), None]))
+    assert got.values.to_pylist() == [1, None, None, None]
+    assert got.bad.to_pylist() == [False, True, True, False]
+
+
+def test_number_spellings() -> None:
+    got = coerce.to_number(_texts(["1.5", "-2", ".5", "1e3", "nan", "inf", "1,5", "", None]))
+    assert got.values.to_pylist() == [1.5, -2.0, 0.5, 1000.0, None, None, None, None, None]
+    assert got.bad.to_pylist() == [False, False, False, False, True, True, True, True, False]
+
+
+def test_email_is_trimmed_and_lower_cased() -> None:
+    got = coerce.to_email(_texts(["  Jane@Example.COM ", "   ", None]))
+    assert got.values.to_pylist() == ["jane@example.com", None, None]
+    assert not any(got.bad.to_pylist())
+
+
+def test_empty_to_null() -> None:
+    assert coerce.empty_to_null(_texts(["", "a", None])).to_pylist() == [None, "a", None]
+
+
+def test_string_lists() -> None:
+    got = coerce.to_string_list(_texts(['["a","b"]', "x|y||z", "solo", '["a", 1]', "[oops", None]), "|")
+    assert got.values.to_pylist() == [["a", "b"], ["x", "y", "z"], ["solo"], None, None, None]
+    assert got.bad.to_pylist() == [False, False, False, True, True, False]
