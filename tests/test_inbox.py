@@ -248,7 +248,7 @@ async def test_file_still_being_written_is_not_claimed(root: Path, work: Path) -
                 time.sleep(0.03)
         stop.set()
 
-    inbox = Inbox(InboxSettings(root, work, settle_seconds=0.4))
+    inbox = Inbox(InboxSettings(root, work, settle_seconds=1.0))
     thread = threading.Thread(target=writer)
     thread.start()
     while not stop.is_set():
