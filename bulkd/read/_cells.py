@@ -15,13 +15,20 @@ Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
 
+def _offsets(column: Any) -> npt.NDArray[np.int32]:
+    """The int32 offsets of a binary array, zero-copy."""
+    n = len(column)
+    return np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
+
+
 class CellChecks:
     """Vectorised checks over one parsed batch of binary columns.
 
-    Each column costs a few numpy passes over its offsets and one over its bytes (to spot control
-    bytes); only when such a byte or an over-long cell shows up are rows looked at individually.
-    ``lines_mode`` is the NDJSON flavour: a cell is a whole line, so its cap is the line cap and
-    line breaks need no counting.
+    Per column the common case costs a min/max pass over its bytes (control bytes? non-ASCII?) and
+    one gather over its offsets (rows still possibly blank); cell lengths are only computed when a
+    column or the batch is big enough to break a cap, and rows are only visited one by one when a
+    check has found something. ``lines_mode`` is the NDJSON flavour: a cell is a whole line, so
+    its cap is the line cap and line breaks need no counting.
     """
 
     def __init__(
@@ -33,35 +40,47 @@ class CellChecks:
         self.breaks = np.zeros(n, dtype=np.int64)
         self._bad: dict[int, tuple[str | None, RejectRule, str]] = {}
         self._strings: list[Any] = []
+        offsets = [_offsets(column) for column in raw.columns]
+        whole_rows = not lines_mode and sum(int(o[-1] - o[0]) for o in offsets) > options.max_line_bytes
         row_bytes = np.zeros(n, dtype=np.int64)
-        for name, column in zip(names, raw.columns, strict=True):
-            row_bytes += self._check_column(name, column)
-        if not lines_mode:
-            for row in np.flatnonzero(row_bytes > options.max_line_bytes).tolist():
-                msg = f"row is {int(row_bytes[row])} bytes, over the {options.max_line_bytes}-byte limit"
-                self._bad.setdefault(row, (None, RejectRule.LINE_TOO_LARGE, msg))
-        self.keep: Bools = row_bytes > 0  # a row of empty cells is a blank line: not a row at all
+        blank: Ints = np.arange(n, dtype=np.int64)  # rows whose cells are all empty so far
+        for name, column, offs in zip(names, raw.columns, offsets, strict=True):
+            if whole_rows or offs[-1] - offs[0] > self._limit:
+                lengths = np.diff(offs).astype(np.int64)
+                self._check_lengths(name, lengths)
+                row_bytes += lengths
+            blank = blank[offs[blank + 1] == offs[blank]]
+            self._check_column(name, column, offs)
+        for row in np.flatnonzero(row_bytes > options.max_line_bytes).tolist():
+            msg = f"row is {int(row_bytes[row])} bytes, over the {options.max_line_bytes}-byte limit"
+            self._bad.setdefault(row, (None, RejectRule.LINE_TOO_LARGE, msg))
+        self.keep: Bools = np.ones(n, dtype=np.bool_)
+        self.keep[blank] = False  # a row of empty cells is a blank line: not a row at all
         if self._bad:
             self.keep[list(self._bad)] = False
 
-    def _check_column(self, name: str, column: Any) -> Ints:
-        n = len(column)
-        offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
-        lengths = np.diff(offsets).astype(np.int64)
+    def _check_lengths(self, name: str, lengths: Ints) -> None:
+        if not lengths.size or lengths.max() <= self._limit:
+            return
+        what, rule = (
+            ("line", RejectRule.LINE_TOO_LARGE) if self._lines_mode else ("cell", RejectRule.FIELD_TOO_LARGE)
+        )
+        for row in np.flatnonzero(lengths > self._limit).tolist():
+            msg = f"{what} is {int(lengths[row])} bytes, over the {self._limit}-byte limit"
+            self._bad.setdefault(row, (None if self._lines_mode else name, rule, msg))
+
+    def _check_column(self, name: str, column: Any, offsets: npt.NDArray[np.int32]) -> None:
+        """Control bytes (line breaks, NUL) and UTF-8; pure ASCII needs no UTF-8 validation at all."""
         values_buffer = column.buffers()[2]
+        ascii_only = True
         if values_buffer is not None and offsets[-1] > offsets[0]:
             values = np.frombuffer(values_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
             if values.min() <= (0 if self._lines_mode else 13):
                 self._check_controls(name, values, offsets)
-        if lengths.size and lengths.max() > self._limit:
-            what, rule = (
-                ("line", RejectRule.LINE_TOO_LARGE)
-                if self._lines_mode
-                else ("cell", RejectRule.FIELD_TOO_LARGE)
-            )
-            for row in np.flatnonzero(lengths > self._limit).tolist():
-                msg = f"{what} is {int(lengths[row])} bytes, over the {self._limit}-byte limit"
-                self._bad.setdefault(row, (None if self._lines_mode else name, rule, msg))
+            ascii_only = bool(values.max() < 0x80)
+        if ascii_only:
+            self._strings.append(column.view(pa.string()))
+            return
         try:
             self._strings.append(column.cast(pa.string()))
         except pa.ArrowInvalid:
@@ -73,7 +92,6 @@ class CellChecks:
                     self._bad.setdefault(
                         row, self._field(name, RejectRule.INVALID_UTF8, "is not valid UTF-8")
                     )
-        return lengths
 
     def _field(self, name: str, rule: RejectRule, what: str) -> tuple[str | None, RejectRule, str]:
         """NDJSON rejects name no field (the line is the unit); CSV rejects name the column."""

@@ -130,7 +130,8 @@ class CsvSource(Source):
     def _open_reader(self, row_bytes: int) -> Any:
         """Serial reader (row numbers in the handler need it), all binary, multi-line values on."""
         o = self._options
-        self._block = block = min(o.block_size, max(1 << 16, row_bytes * o.batch_rows))
+        # Aim at batch_rows rows per block, but never below 1 MiB: a record must fit in one block.
+        self._block = block = min(o.block_size, max(1 << 20, row_bytes * o.batch_rows))
         try:
             reader = pacsv.open_csv(
                 pa.PythonFile(self._stream, mode="r"),

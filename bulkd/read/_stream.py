@@ -121,15 +121,23 @@ class Stream:
         return self._options.encoding or "the encoding its byte-order mark declares"
 
     def read(self, size: int = -1) -> bytes:
-        """At most ``size`` bytes of UTF-8 (all that is left for ``size < 0``); b"" at the end."""
+        """At most ``size`` bytes of UTF-8 (all that is left for ``size < 0``); b"" at the end.
+
+        pyarrow takes each returned chunk as one block, so a short read is a block boundary.
+        """
         if size < 0:
             while not self._eof:
                 self._pending += self._transcode(self._pull(1 << 20))
             size = len(self._pending)
-        while not self._pending and not self._eof:
-            self._pending = self._transcode(self._pull(max(size, 1 << 16)))
-        out, self._pending = self._pending[:size], self._pending[size:]
-        self.tail = (self.tail + out)[-TAIL_BYTES:]
+        while len(self._pending) < 2 and not self._eof:
+            self._pending += self._transcode(self._pull(max(size, 1 << 16)))
+        out = self._pending[:size]
+        if len(out) > 1 and out.endswith(b"\r") and (len(out) < len(self._pending) or not self._eof):
+            # Never end a pyarrow block on CR: its buffer iterator then drops a following LF even
+            # inside a quoted field (apache/arrow#51368). Hold the CR back for the next block.
+            out = out[:-1]
+        self._pending = self._pending[len(out) :]
+        self.tail = (self.tail + out[-TAIL_BYTES:])[-TAIL_BYTES:]
         return out
 
     def unread(self, data: bytes) -> None:
