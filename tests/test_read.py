@@ -520,3 +520,18 @@ def test_bytes_read_reaches_the_file_size(tmp_path: Path) -> None:
         seen = [b.bytes_read for b in source.batches()]
     assert seen[-1] == len(CSV_BODY)
     assert len(seen) > 5
+
+
+def test_ndjson_line_longer_than_several_blocks_is_skipped_not_buffered(tmp_path: Path) -> None:
+    huge = b'{"big":"' + b"z" * 300_000 + b'"}'
+    data = b'{"a":1}\n' + huge + b'\n{"b":2}\n' + huge + b"\n\n" + huge
+    result = read_all(write(tmp_path, "huge.ndjson", data), block_size=1 << 16, max_line_bytes=1000)
+    assert [r[NDJSON_COLUMN] for r in result.rows] == ['{"a":1}', '{"b":2}']
+    assert result.lines == [1, 3]
+    assert result.reject_view == [(line, None, RejectRule.LINE_TOO_LARGE) for line in (2, 4, 6)]
+
+
+@pytest.mark.parametrize("options", [{"delimiter": ",,"}, {"quote_char": "\n"}, {"batch_rows": 0}])
+def test_nonsense_options_are_a_programming_error(tmp_path: Path, options: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="ReadOptions"):
+        open_source(write(tmp_path, "x.csv", b"a\n1\n"), ReadOptions(**options))  # type: ignore[arg-type]
