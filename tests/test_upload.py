@@ -431,3 +431,14 @@ async def test_token_bucket_spaces_requests() -> None:
     for _ in range(11):
         await bucket.acquire()
     assert time.monotonic() - started >= 0.18
+
+
+async def test_a_slow_server_hits_the_per_chunk_deadline_and_is_retried(
+    sim: RunningSimulator, tmp_path: Path
+) -> None:
+    sim.set_faults(Faults(latency_seconds=0.6))
+    settings = settings_for(sim, deadline_slack=0.2, min_throughput_bytes_per_s=10**9, max_attempts=2)
+    async with Uploader(settings) as uploader:
+        with pytest.raises(TransientUploadError, match="timed out"):
+            await uploader.upload(write_chunk(tmp_path, 1))
+    assert uploader.stats.retries == {"timeout": 1}
