@@ -339,6 +339,21 @@ def test_unterminated_quote_names_the_line_it_starts_on(tmp_path: Path, data: by
     assert info.value.line == line
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyarrow's own decode
+def test_ragged_row_with_invalid_utf8_refuses_the_file_without_quoting_it(tmp_path: Path) -> None:
+    data = b"a,b\n1,2\n" + SECRET.encode() + b"\xff,2,3\n4,5\n"
+    with pytest.raises(InputError, match="wrong number of fields and invalid UTF-8") as info:
+        read_all(write(tmp_path, "mixed.csv", data))
+    assert SECRET not in str(info.value)
+    assert info.value.__cause__ is None
+
+
+def test_trailing_ragged_row_after_a_quoted_field_is_not_an_open_quote(tmp_path: Path) -> None:
+    result = read_all(write(tmp_path, "t.csv", b'a,b\n1,"x"\n2,"x",3'))
+    assert result.lines == [2]
+    assert result.reject_view == [(3, None, RejectRule.RAGGED_ROW)]
+
+
 def test_a_closed_quote_at_the_end_is_fine(tmp_path: Path) -> None:
     for data in (b'a,b\n1,"x"', b'a,b\n1,""""', b'a,b\n1,"a\n"\n', b'a,b\n1,x"y'):
         result = read_all(write(tmp_path, "closed.csv", data))
@@ -433,6 +448,13 @@ def test_parquet_nested_columns_and_row_groups(tmp_path: Path) -> None:
         first = next(iter(source.batches()))
         assert first.data.schema.field("link").type == table.schema.field("link").type
         assert first.data.schema.field("tags").type == pa.list_(pa.string())
+
+
+def test_parquet_with_too_many_columns_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({f"c{i}": [i] for i in range(5)}), path)
+    with pytest.raises(InputError, match="max_columns"):
+        open_source(path, ReadOptions(max_columns=4))
 
 
 @pytest.mark.parametrize("data", [b"PAR1 not really", b"a,b\n1,2\n" * 10, b"PAR1" + b"\x00" * 64 + b"PAR1"])

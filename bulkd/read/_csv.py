@@ -146,7 +146,7 @@ class CsvSource(Source):
                 convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(self.columns, pa.binary())),
             )
         except pa.ArrowInvalid as e:
-            raise self._parse_error(e) from e
+            raise self._parse_error(e) from None
         if reader.schema.names != list(self.columns):
             raise InputError(self._input, "the header could not be read consistently", line=1)
         return reader
@@ -158,12 +158,21 @@ class CsvSource(Source):
         return "skip"
 
     def _parse_error(self, e: Exception) -> InputError:
-        """pyarrow's message may quote cell text: keep only its first clause."""
-        if "straddl" in str(e):
+        """Explain a pyarrow parse failure without its text, which may quote cell values.
+
+        Callers raise it ``from None`` so that the original message does not travel along either.
+        """
+        text = str(e)
+        if "straddl" in text:
             cause = f"a record at or after this line is longer than the {self._block}-byte block size"
             return InputError(self._input, cause + " (an unterminated quote?)", line=self._next_line)
+        if "Expected" in text and "columns" in text:
+            # pyarrow decodes a bad row's text as UTF-8 before calling the handler; if that fails
+            # the handler is never called and the row becomes a parse error.
+            cause = "a row at or after this line has the wrong number of fields and invalid UTF-8"
+            return InputError(self._input, cause + " (set the encoding?)", line=self._next_line)
         return InputError(
-            self._input, f"cannot be parsed as CSV ({str(e).split(':')[0]})", line=self._next_line
+            self._input, f"cannot be parsed as CSV ({text.split(':', maxsplit=1)[0]})", line=self._next_line
         )
 
     def batches(self) -> Iterator[SourceBatch]:
@@ -176,7 +185,7 @@ class CsvSource(Source):
             except StopIteration:
                 break
             except pa.ArrowInvalid as e:
-                raise self._parse_error(e) from e
+                raise self._parse_error(e) from None
             batch = self._finish(raw, final=False)
             if batch is not None:
                 if held is not None:
@@ -191,7 +200,7 @@ class CsvSource(Source):
 
     def _check_unterminated(self) -> None:
         """At the end: did the last record's last field open a quote that never closed?"""
-        if self._last is None:
+        if self._last is None or self._invalid:  # skipped rows still queued come after it
             return
         cell, line = self._last
         q = self._options.quote_char.encode()

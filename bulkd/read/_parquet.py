@@ -25,10 +25,14 @@ class ParquetSource(Source):
         except (pa.ArrowException, OSError) as e:
             raise InputError(self._input, f"not a readable Parquet file ({e})") from e
         names = tuple(self._file.schema_arrow.names)
+        problem = None
         if len(names) > options.max_columns:
-            raise InputError(self._input, f"{len(names)} columns, more than max_columns allows")
-        if len(set(names)) < len(names):
-            raise InputError(self._input, "duplicate top-level column names")
+            problem = f"{len(names)} columns, more than max_columns allows"
+        elif len(set(names)) < len(names):
+            problem = "duplicate top-level column names"
+        if problem is not None:
+            self._file.close()
+            raise InputError(self._input, problem)
         self.columns = names
 
     def batches(self) -> Iterator[SourceBatch]:

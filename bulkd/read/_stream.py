@@ -57,11 +57,15 @@ class Stream:
         self._eof = False
         self.tail = b""
         self.closed = False
-        head = self._pull(SNIFF_BYTES)
-        while len(head) < 4 and not self._eof:
-            head += self._pull(SNIFF_BYTES)
-        self._decoder = self._make_decoder(head)
-        self._pending = self._transcode(head, start=True)
+        try:
+            head = self._pull(SNIFF_BYTES)
+            while len(head) < 4 and not self._eof:
+                head += self._pull(SNIFF_BYTES)
+            self._decoder = self._make_decoder(head)
+            self._pending = self._transcode(head, start=True)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def bytes_read(self) -> int:
