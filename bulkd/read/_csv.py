@@ -94,7 +94,7 @@ class CsvSource(Source):
                 break
             if len(buf) > self._options.max_line_bytes:
                 raise InputError(self._input, "the header is longer than max_line_bytes", line=1)
-            chunk = self._stream.read(SNIFF_BYTES)
+            chunk = self._stream.read(max(SNIFF_BYTES, len(buf)))  # doubling: no quadratic rescans
             eof, buf = not chunk, buf + chunk
         self._stream.unread(buf)
         end = len(buf) if end is None else end
