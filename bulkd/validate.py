@@ -181,8 +181,13 @@ def _type_ok(kinds: object, arr: pa.Array) -> pa.BooleanArray:
     if kinds is None:
         return _all_true(len(arr))
     names = kinds if isinstance(kinds, list) else [kinds]
-    if pa.types.is_floating(arr.type) and "integer" in names and "number" not in names:
-        return pc.equal(pc.floor(arr), arr)
+    if pa.types.is_floating(arr.type) and "null" not in names:
+        # NaN and infinities are encoded as ``null``, which no numeric type accepts
+        finite = pc.is_finite(arr)
+        if "integer" in names and "number" not in names:
+            return pc.and_(finite, pc.equal(pc.floor(arr), arr))
+        if "number" in names:
+            return finite
     if any(_ARROW_TYPE_OK.get(str(name), lambda _t: False)(arr.type) for name in names):
         return _all_true(len(arr))
     return _none_ok(arr)
@@ -245,7 +250,11 @@ def _number_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
 
 
 def python_pattern_to_re2(pattern: str) -> str:
-    """Make RE2 match as Python's ``re.search`` does: ``$`` also matches before a final newline."""
+    """Make RE2 match as the compiled validator does: fastjsonschema turns every ``$`` into ``\\Z``.
+
+    So ``$`` is the very end of the string (no match before a final newline, unlike plain
+    ``re.search``); RE2 spells that ``\\z``.
+    """
     out = []
     escaped = in_class = False
     for ch in pattern:
@@ -262,7 +271,7 @@ def python_pattern_to_re2(pattern: str) -> str:
             in_class = False
             out.append(ch)
         elif ch == "$" and not in_class:
-            out.append(r"(?:\n?\z)")
+            out.append(r"\z")
         else:
             out.append(ch)
     return "".join(out)
