@@ -180,6 +180,9 @@ class ChunkWriter:
             while start < rows.count:
                 chunk = self._current()
                 stop = self._fit(rows, start, chunk)
+                if stop == start:  # the next record does not fit beside what the chunk holds
+                    self._close()
+                    continue
                 chunk.write(rows.slice_bytes(start, stop), stop - start)
                 start = stop
                 if (
@@ -198,15 +201,19 @@ class ChunkWriter:
         return self._open
 
     def _fit(self, rows: EncodedRows, start: int, chunk: _OpenChunk) -> int:
-        """The last record index (exclusive) that fits the open chunk's limits (at least one)."""
+        """The last record index (exclusive) that fits the open chunk's limits.
+
+        At least one record goes into an empty chunk (a record larger than the byte limit gets a
+        chunk of its own); ``start`` is returned when the next record would overflow a chunk that
+        already holds records, so the caller closes it first.
+        """
         stop = min(rows.count, start + self.limits.max_records - chunk.records)
         room = self.limits.max_ndjson_bytes - chunk.raw_bytes
         base = int(rows.offsets[start])
         if int(rows.offsets[stop]) - base > room:
             limit = base + room
-            stop = max(
-                start + 1, int(rows.offsets[start : stop + 1].searchsorted(limit, side="right")) + start - 1
-            )
+            fits = int(rows.offsets[start : stop + 1].searchsorted(limit, side="right")) + start - 1
+            stop = max(start + 1, fits) if chunk.records == 0 else fits
         return stop
 
     def _close(self) -> None:

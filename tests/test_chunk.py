@@ -1,0 +1,119 @@
+"""Chunks: bounded, safely named, byte-identical across runs, and listed truthfully in the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bulkd.chunk import ChunkLimits, ChunkNaming
+from bulkd.cli import main
+from bulkd.errors import ConfigError
+from bulkd.pipeline import FileResult
+
+Convert = Callable[..., FileResult]
+Records = Callable[[FileResult], list[dict[str, object]]]
+_NAME = re.compile(r"^[A-Za-z0-9_-]+\.ndjson\.gz$")
+
+
+def _customers(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "customers.csv"
+    lines = ["link.customer_id,first_name,custom_fields.note"]
+    lines += [f"c{i},Name{i},{'x' * (i % 37)}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_record_limit(tmp_path: Path, convert: Convert, chunk_records: Records) -> None:
+    result = convert(_customers(tmp_path, 25), "customer_record", limits=ChunkLimits(max_records=10))
+    assert [c.records for c in result.chunks] == [10, 10, 5]
+    assert [r["link"] for r in chunk_records(result)] == [{"customer_id": f"c{i}"} for i in range(25)]
+
+
+def test_byte_limit(tmp_path: Path, convert: Convert) -> None:
+    result = convert(_customers(tmp_path, 300), "customer_record", limits=ChunkLimits(max_ndjson_bytes=2048))
+    assert len(result.chunks) > 3
+    assert sum(c.records for c in result.chunks) == 300
+    for chunk in result.chunks:
+        raw = gzip.decompress(chunk.path.read_bytes())
+        assert len(raw) <= 2048
+        assert raw.endswith(b"\n")
+
+
+def test_names_are_safe_and_ordered(tmp_path: Path, convert: Convert) -> None:
+    result = convert(_customers(tmp_path, 25), "customer_record", limits=ChunkLimits(max_records=10))
+    names = [c.path.name for c in result.chunks]
+    assert names == [f"ds1_customer_record_1700000000_{i:05d}.ndjson.gz" for i in (1, 2, 3)]
+    assert all(_NAME.match(n) for n in names)
+    assert ChunkNaming("ds", "purchase", "1", "f0002").filename(3) == "ds_purchase_1_f0002-00003.ndjson.gz"
+    with pytest.raises(ConfigError):
+        ChunkNaming("ds/../x", "purchase", "1")
+    with pytest.raises(ConfigError):
+        ChunkNaming("ds", "purchase", "1 2")
+
+
+def test_same_input_gives_byte_identical_chunks(tmp_path: Path, convert: Convert) -> None:
+    src = _customers(tmp_path, 500)
+    limits = ChunkLimits(max_records=120)
+    first = convert(src, "customer_record", out=tmp_path / "a", limits=limits)
+    second = convert(src, "customer_record", out=tmp_path / "b", limits=limits)
+    digests = [hashlib.sha256(c.path.read_bytes()).hexdigest() for c in first.chunks]
+    assert digests == [hashlib.sha256(c.path.read_bytes()).hexdigest() for c in second.chunks]
+    assert digests == [c.sha256_hex for c in first.chunks]
+    assert len(digests) == 5
+
+
+def test_manifest_matches_files_and_no_temp_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _customers(tmp_path, 50)
+    out = tmp_path / "out"
+    code = main(
+        [
+            *("convert", str(src), "--record-type", "customer_record"),
+            *("--dataset-id", "ds9", "--out", str(out), "--max-records", "20"),
+        ]
+    )
+    assert code == 0
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    (entry,) = manifest["inputs"]
+    assert entry["records"] == 50
+    assert manifest["dataset_id"] == "ds9"
+    assert manifest["record_type"] == "customer_record"
+    chunks = entry["chunks"]
+    assert [c["records"] for c in chunks] == [20, 20, 10]
+    for chunk in chunks:
+        data = Path(chunk["path"]).read_bytes()
+        assert chunk["bytes"] == len(data)
+        assert chunk["md5"] == hashlib.md5(data).hexdigest()
+        assert chunk["sha256"] == hashlib.sha256(data).hexdigest()
+        assert _NAME.match(chunk["filename"])
+    on_disk = sorted(p.name for p in out.iterdir())
+    assert on_disk == sorted([c["filename"] for c in chunks] + ["manifest.json"])
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        ChunkLimits(max_records=0)
+    with pytest.raises(ConfigError):
+        ChunkLimits(max_ndjson_bytes=10)
+    with pytest.raises(ConfigError):
+        ChunkLimits(gzip_level=9)
+
+
+def test_record_larger_than_the_byte_limit_gets_its_own_chunk(
+    tmp_path: Path, convert: Convert, chunk_records: Records
+) -> None:
+    path = tmp_path / "big.csv"
+    rows = [f"c{i},{'y' * 1500 if i == 5 else 'n'}" for i in range(12)]
+    path.write_text("link.customer_id,first_name\n" + "\n".join(rows) + "\n")
+    result = convert(path, "customer_record", limits=ChunkLimits(max_ndjson_bytes=1024))
+    sizes = [len(gzip.decompress(c.path.read_bytes())) for c in result.chunks]
+    big = [s for s in sizes if s > 1024]
+    assert len(big) == 1
+    assert result.chunks[sizes.index(big[0])].records == 1
+    assert len(chunk_records(result)) == 12
