@@ -1,0 +1,239 @@
+"""convert_file end to end: rejects, refusals, NDJSON, gzip, empty inputs and Lexer's own examples."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from jsonschema import Draft7Validator
+
+from bulkd.pipeline import FileResult
+from bulkd.schemas import load_record_type, resolve_ref
+
+Convert = Callable[..., FileResult]
+Records = Callable[[FileResult], list[dict[str, Any]]]
+_SECRET = "Zanzibar-7731-secret"
+
+
+def _upstream_errors(lexer_schemas: Path, record_type: str, records: list[dict[str, Any]]) -> list[str]:
+    schema = json.loads((lexer_schemas / "jsonschema" / f"{record_type}.json").read_text())
+    validator = Draft7Validator(schema, format_checker=Draft7Validator.FORMAT_CHECKER)
+    return [f"{i}: {e.message}" for i, r in enumerate(records) for e in validator.iter_errors(r)]
+
+
+def test_rejects_carry_no_cell_values(
+    tmp_path: Path, convert: Convert, reject_lines: Callable[[FileResult], list[dict[str, Any]]]
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        "link.email,employee_flag,date_of_birth,gender\n"
+        f"{_SECRET}@x,true,1990-01-01,f\n"
+        f"a@b.co,{_SECRET},1990-01-01,f\n"
+        f"a@b.co,true,{_SECRET},f\n"
+        "a@b.co,true,1990-01-01,f\n"
+    )
+    result = convert(path, "customer_record")
+    assert result.ok
+    assert (result.rows, result.records, result.rejected) == (4, 1, 3)
+    assert result.rejects_path is not None
+    text = result.rejects_path.read_text()
+    assert _SECRET not in text
+    assert _SECRET.lower() not in text
+    for reject in reject_lines(result):
+        assert set(reject) == {"input", "line", "field", "rule", "message"}
+        assert reject["input"] == str(path)
+    assert sorted(r["line"] for r in reject_lines(result)) == [2, 3, 4]
+
+
+def test_reject_ratio_fails_the_file_and_leaves_nothing(tmp_path: Path, convert: Convert) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("link.customer_id,employee_flag\na,x\nb,y\nc,true\n")
+    result = convert(path, "customer_record", max_reject_ratio=0.5)
+    assert not result.ok
+    assert "2 of 3 rows rejected" in (result.error or "")
+    assert result.chunks == ()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_duplicate_headers_refuse_the_file(tmp_path: Path, convert: Convert) -> None:
+    path = tmp_path / "dups.csv"
+    path.write_text("link.email,first_name,first_name\na@b.co,A,B\n")
+    result = convert(path, "customer_record")
+    assert not result.ok
+    assert "dups.csv" in (result.error or "")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_ndjson_bad_line_is_one_reject(
+    tmp_path: Path,
+    convert: Convert,
+    chunk_records: Records,
+    reject_lines: Callable[[FileResult], list[dict[str, Any]]],
+) -> None:
+    path = tmp_path / "in.ndjson"
+    path.write_text(
+        '{"link": {"email": " A@B.CO "}, "first_name": "A"}\n'
+        '{"link": {"email": "c@d.co"}, "first_name": \n'
+        '{"link": {"customer_id": "1"}, "date_of_birth": "1990-02-31"}\n'
+        "[1, 2]\n"
+        '{"link": {"customer_id": "2"}, "shoe": 44}\n'
+    )
+    result = convert(path, "customer_record")
+    assert result.ok, result.error
+    assert chunk_records(result) == [
+        {"link": {"email": "a@b.co"}, "first_name": "A"},
+        {"link": {"customer_id": "2"}},
+    ]
+    assert [(r["line"], r["rule"]) for r in reject_lines(result)] == [
+        (2, "json_syntax"),
+        (3, "format"),
+        (4, "not_an_object"),
+    ]
+    assert any("shoe" in w for w in result.warnings)
+
+
+def test_gzip_csv_input(tmp_path: Path, convert: Convert, chunk_records: Records) -> None:
+    path = tmp_path / "in.csv.gz"
+    path.write_bytes(gzip.compress(b"link.customer_id,first_name\nc1,A\nc2,B\n"))
+    result = convert(path, "customer_record")
+    assert result.ok, result.error
+    assert [r["link"]["customer_id"] for r in chunk_records(result)] == ["c1", "c2"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.csv", ""), ("header.csv", "link.email,first_name\n")])
+def test_empty_and_header_only_files_succeed_with_zero_records(
+    tmp_path: Path, convert: Convert, name: str, content: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    result = convert(path, "customer_record")
+    assert result.ok, result.error
+    assert (result.rows, result.records, result.rejected, result.chunks) == (0, 0, 0, ())
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the reader drops a CSV row of only empty fields (read.py, owned elsewhere)"
+)
+def test_row_of_only_empty_fields_is_accounted_for(tmp_path: Path, convert: Convert) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("link.customer_id,first_name\nc1,A\n,\n")
+    result = convert(path, "customer_record")
+    assert result.rows == 2
+    assert result.rejected == 1
+
+
+def test_records_bulkd_writes_validate_upstream(
+    tmp_path: Path, convert: Convert, chunk_records: Records, lexer_schemas: Path
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        "link.email,email,employee_flag,date_of_birth,custom_fields.a,first_name\n"
+        " Jane@Example.COM ,X@Y.ORG,Yes,2000-02-29,1,Jane\n"
+        "b@x.co,,no,,,\n"
+        "c@x.co,,1,1999-12-31,,Ça\n"
+    )
+    result = convert(path, "customer_record")
+    records = chunk_records(result)
+    assert len(records) == 3
+    assert _upstream_errors(lexer_schemas, "customer_record", records) == []
+
+
+def _declared(root: dict[str, Any], node: dict[str, Any], value: Any) -> Any:
+    """``value`` without the members the schema does not declare (bulkd drops those with a warning)."""
+    node = resolve_ref(root, node)
+    variants = node.get("anyOf") or node.get("allOf")
+    if variants and isinstance(value, dict):
+        merged: dict[str, Any] = {}
+        for variant in variants:
+            merged.update(resolve_ref(root, variant).get("properties", {}))
+        node = {"properties": merged}
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_declared(root, node["items"], item) for item in value]
+    props = node.get("properties")
+    if not isinstance(value, dict) or not props:
+        return value
+    return {k: _declared(root, props[k], v) for k, v in value.items() if k in props}
+
+
+def _expected(example: Path, record_type: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The example's records as written, and as bulkd keeps them (undeclared members dropped)."""
+    raw = [orjson.loads(line) for line in example.read_bytes().splitlines() if line.strip()]
+    schema = load_record_type(record_type).schema
+    return raw, [_declared(schema, schema, r) for r in raw]
+
+
+def _record_type_of(example: Path) -> str:
+    name = example.stem.removeprefix("batch_")
+    return name.split("_", 1)[1]
+
+
+def _examples(lexer_schemas: Path) -> list[Path]:
+    found = sorted((lexer_schemas / "examples" / "data").glob("*.ndjson"))
+    assert len(found) == 12
+    return found
+
+
+def test_upstream_examples_convert_from_ndjson_unchanged(
+    tmp_path: Path, convert: Convert, chunk_records: Records, lexer_schemas: Path
+) -> None:
+    for example in _examples(lexer_schemas):
+        record_type = _record_type_of(example)
+        raw, _ = _expected(example, record_type)
+        declared = load_record_type(record_type).schema["properties"]
+        # NDJSON documents keep their nested members; only undeclared top-level fields are dropped
+        expected = [{k: v for k, v in r.items() if k in declared} for r in raw]
+        result = convert(example, record_type, out=tmp_path / example.stem)
+        assert result.ok, result.error
+        assert result.rejected == 0, example.name
+        records = chunk_records(result)
+        assert records == expected, example.name
+        if raw != expected:  # what was dropped is named
+            assert result.warnings, example.name
+        assert _upstream_errors(lexer_schemas, record_type, records) == []
+
+
+def test_upstream_examples_round_trip_through_parquet(
+    tmp_path: Path, convert: Convert, chunk_records: Records, lexer_schemas: Path
+) -> None:
+    for example in _examples(lexer_schemas):
+        record_type = _record_type_of(example)
+        raw, expected = _expected(example, record_type)
+        parquet = tmp_path / f"{example.stem}.parquet"
+        pq.write_table(pa.Table.from_pylist(raw), parquet)
+        result = convert(parquet, record_type, out=tmp_path / example.stem)
+        assert result.ok, f"{example.name}: {result.error}"
+        assert result.rejected == 0, (
+            f"{example.name}: {result.rejects_path and result.rejects_path.read_text()}"
+        )
+        assert chunk_records(result) == expected, example.name
+        if raw != expected:
+            assert result.warnings, example.name
+
+
+def test_upstream_csv_example_converts_as_customer_record(
+    tmp_path: Path, convert: Convert, chunk_records: Records, lexer_schemas: Path
+) -> None:
+    folder = lexer_schemas / "examples" / "csv_to_ndjson"
+    result = convert(folder / "example.csv", "customer_record")
+    assert result.ok, result.error
+
+    def without_nulls(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        return value
+
+    expected = [
+        without_nulls(orjson.loads(line))
+        for line in (folder / "example.csv.ndjson").read_bytes().splitlines()
+    ]
+    records = chunk_records(result)
+    assert records == expected
+    assert len(records) > 0
+    assert _upstream_errors(lexer_schemas, "customer_record", records) == []
