@@ -1,0 +1,788 @@
+"""Run bulkd and its peers on the same generated files, in one invocation, and print one table.
+
+    python -m benchmarks.run --rows 1000000 [--peers duckdb,polars,...] [--skip-upload] [--json out.json]
+
+Why one invocation: absolute rows/s move with the machine, its load and its thermal state, so
+the targets are stated as *ratios within one run* (bulkd ÷ peer, bulkd ÷ limit). Every tool
+runs in its own child process, one at a time, on the same file; the parent measures wall time
+from spawn to exit (interpreter start-up included, as a user would see it), CPU seconds (user +
+sys of the child and the processes it waited for) and peak RSS (the larger of the child's own
+``ru_maxrss`` and the sampled sum over its process tree, so a multi-process tool is not
+flattered). Each output is then checked: records out against the planted count of valid rows,
+and a sample of records against bulkd's schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import datagen
+from benchmarks.peers import DESCRIPTIONS, VALIDATES
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO / "bench-data"
+ALL_PEERS = ("duckdb", "polars", "pandas", "python", "lexer")
+RSS_SAMPLE_SECONDS = 0.1
+CHECK_SAMPLE_RECORDS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One benchmark input: a workload in one file format, and which peers can convert it."""
+
+    key: str
+    workload: datagen.Workload
+    fmt: str
+    peers: tuple[str, ...]
+
+
+INPUTS: dict[str, Input] = {
+    i.key: i
+    for i in (
+        Input("customer_csv", datagen.CUSTOMER, "csv", ALL_PEERS),
+        Input("customer_parquet", datagen.CUSTOMER, "parquet", ("duckdb", "polars", "pandas", "python")),
+        Input("purchase_csv", datagen.PURCHASE, "csv", ("duckdb", "polars", "python")),
+    )
+}
+
+
+@dataclass(slots=True)
+class Measurement:
+    """What the parent saw of one child process."""
+
+    wall: float
+    cpu: float
+    peak_rss: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(slots=True)
+class Result:
+    """One row of the table."""
+
+    input: str
+    tool: str
+    status: str = "ok"
+    """``ok``, or ``unavailable (<reason>)`` / ``failed (<reason>)``."""
+    rows: int = 0
+    """Input rows the figures are for (the full file; see ``sampled_rows``)."""
+    wall: float = 0.0
+    cpu: float = 0.0
+    peak_rss: int = 0
+    out_bytes: int = 0
+    records_out: int = 0
+    validates: bool = False
+    check: str = ""
+    sampled_rows: int | None = None
+    """When set, the tool ran on this many rows and wall, CPU and output were scaled to ``rows``."""
+    input_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        """End-to-end input rows per wall-clock second."""
+        return self.rows / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Input bytes (as on disk) per wall-clock second, in MB (10^6)."""
+        return self.input_bytes / self.wall / 1e6 if self.wall > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a child
+# ---------------------------------------------------------------------------------------------
+
+
+class _TreeRss:
+    """Samples the summed RSS of a process and its descendants until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self, pid: int) -> None:
+        try:
+            import psutil
+        except ImportError:  # ru_maxrss alone then
+            return
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not self._stop.is_set():
+            try:
+                procs = root.children(recursive=True)  # the tool and its children, not the launcher
+                total = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        total += p.memory_info().rss
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            self._stop.wait(RSS_SAMPLE_SECONDS)
+
+
+_LAUNCHER = """
+import json, os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(report, "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "wall": wall,
+               "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss}, f)
+"""
+"""A minimal process between the harness and the tool.
+
+Linux carries a process's RSS high-water mark across ``exec``: a tool forked straight from
+the harness would report the harness's own RSS as its peak. This launcher is a bare
+interpreter (``-I -S``, a few MB), so the tool's ``ru_maxrss`` is its own.
+"""
+
+
+def measure(cmd: list[str], timeout: float) -> Measurement:
+    """Run ``cmd`` to completion (killing its process group after ``timeout``) and measure it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    with tempfile.TemporaryDirectory(prefix="bulkd-bench-") as tmp:
+        report = Path(tmp) / "rusage.json"
+        out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *cmd]
+            proc = subprocess.Popen(
+                launcher,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
+            sampler = _TreeRss(proc.pid)
+            sampler.start()
+            try:
+                proc.wait(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            sampler.stop()
+        stdout = out_path.read_text(errors="replace")
+        stderr = err_path.read_text(errors="replace")
+        if timed_out or not report.exists():
+            return Measurement(0.0, 0.0, 0, -9, stdout, stderr + f"\ntimed out after {timeout:.0f} s")
+        ru = json.loads(report.read_text())
+        return Measurement(
+            wall=ru["wall"],
+            cpu=ru["cpu"],
+            peak_rss=max(ru["maxrss_kb"] * 1024, sampler.peak),
+            returncode=ru["code"],
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+def _reason(m: Measurement) -> str:
+    lines = [ln.strip() for ln in m.stderr.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else f"exit code {m.returncode}")[:160]
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    with contextlib.suppress(ValueError):
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            return doc
+    for line in reversed(text.strip().splitlines()):
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict):
+                return doc
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking an output directory
+# ---------------------------------------------------------------------------------------------
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+@dataclass(slots=True)
+class OutputCheck:
+    """Records in a tool's gzip NDJSON output and how a sample of them fares against bulkd's schema."""
+
+    files: int = 0
+    out_bytes: int = 0
+    records: int = 0
+    sampled: int = 0
+    invalid: int = 0
+    """Sampled records that fail the schema even with null fields dropped: invalid rows passed through."""
+    with_nulls: int = 0
+    """Sampled records carrying ``null`` fields, which the strict schema refuses (``"type": "string"``)."""
+
+
+def check_output(out_dir: Path, record_type: str, expected: int) -> OutputCheck:
+    """Count records in the ``*.gz`` data files under ``out_dir`` (not reject files); validate a sample."""
+    import fastjsonschema
+    from isal import igzip
+
+    validate = datagen.compiled_schema(record_type)
+    every = max(1, expected // CHECK_SAMPLE_RECORDS)
+    res = OutputCheck()
+    files = sorted(p for p in out_dir.rglob("*.gz") if "reject" not in str(p.relative_to(out_dir)).lower())
+    for path in files:
+        res.files += 1
+        res.out_bytes += path.stat().st_size
+        with igzip.open(path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                res.records += 1
+                if res.records % every:
+                    continue
+                res.sampled += 1
+                rec = json.loads(line)
+                stripped = _drop_nulls(rec)
+                if stripped != rec:
+                    res.with_nulls += 1
+                try:
+                    validate(stripped)
+                except fastjsonschema.JsonSchemaValueException:
+                    res.invalid += 1
+    return res
+
+
+def _check_text(c: OutputCheck, expected: int) -> str:
+    """Short verdict: ``ok`` only if the record count is exact and every sampled record is valid."""
+    notes = []
+    if c.records != expected:
+        notes.append(f"{c.records - expected:+d} recs")
+    if c.invalid:
+        notes.append(f"{100 * c.invalid / max(c.sampled, 1):.1f}% invalid")
+    if c.with_nulls:
+        notes.append(f"nulls in {100 * c.with_nulls / max(c.sampled, 1):.0f}%")
+    if c.files == 0:
+        notes.append("no output")
+    return "; ".join(notes) if notes else "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tools
+# ---------------------------------------------------------------------------------------------
+
+
+def bulkd_gzip_level() -> tuple[int, str]:
+    """bulkd's default ISA-L level, read from bulkd itself so the limit row tracks it."""
+    try:
+        from bulkd.chunk import ChunkLimits
+
+        return int(ChunkLimits().gzip_level), "bulkd.chunk.ChunkLimits"
+    except Exception as exc:  # any import failure: fall back and say so
+        return 2, f"fallback ({type(exc).__name__})"
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One input file and everything a tool run needs to know about it."""
+
+    inp: Input
+    src: Path
+    ds: datagen.DataSet
+    out_root: Path
+    args: argparse.Namespace
+
+    def result(self, tool: str, validates: bool) -> Result:
+        """An empty row for ``tool`` on this input."""
+        return Result(
+            input=self.inp.key,
+            tool=tool,
+            rows=self.ds.rows,
+            input_bytes=self.src.stat().st_size,
+            validates=validates,
+        )
+
+
+def run_bulkd(job: Job) -> Result:
+    """``python -m bulkd convert SRC --record-type T --dataset-id bench --out DIR --json``."""
+    out = _fresh(job.out_root / "bulkd")
+    cmd = [
+        sys.executable, "-m", "bulkd", "convert", str(job.src),
+        "--record-type", job.inp.workload.record_type, "--dataset-id", "bench", "--out", str(out), "--json",
+        *job.args.bulkd_arg,
+    ]  # fmt: skip
+    res = job.result("bulkd", validates=True)
+    m = measure(cmd, job.args.timeout)
+    if m.returncode != 0:
+        res.status = f"unavailable ({_reason(m)})"
+        return res
+    res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
+    res.extra["report"] = _last_json(m.stdout)
+    _fill_check(res, out, job.ds.workload.record_type, job.ds.records_valid)
+    return res
+
+
+def run_peer(peer: str, job: Job) -> Result:
+    """One peer in its own process; the Lexer re-creation runs on a sample and is scaled.
+
+    Scaling keeps start-up (interpreter, imports) out of the multiplication: wall = start-up +
+    the peer's own processing seconds × (rows ÷ sample rows); CPU likewise.
+    """
+    ds, args = job.ds, job.args
+    out = _fresh(job.out_root / peer)
+    sample = args.lexer_sample if peer == "lexer" and args.lexer_sample < ds.rows else None
+    cmd = [sys.executable, "-m", "benchmarks.peers", peer, job.inp.workload.name, str(job.src), str(out)]
+    if sample is not None:
+        cmd += ["--max-rows", str(sample)]
+    res = job.result(peer, validates=VALIDATES[peer])
+    m = measure(cmd, args.timeout)
+    if m.returncode != 0:
+        res.status = f"failed ({_reason(m)})"
+        return res
+    report = _last_json(m.stdout)
+    res.extra["report"] = report
+    res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
+    expected = ds.records_valid
+    if sample is not None:
+        scale = ds.rows / sample
+        own = min(float(report.get("seconds", m.wall)), m.wall)
+        startup = m.wall - own
+        res.sampled_rows = sample
+        res.wall = startup + own * scale
+        res.cpu = min(startup, m.cpu) + max(m.cpu - startup, 0.0) * scale
+        expected = datagen.valid_records_in_first_rows(ds.workload, sample, args.seed)
+    _fill_check(res, out, ds.workload.record_type, expected)
+    if sample is not None:
+        res.out_bytes = round(res.out_bytes * ds.rows / sample)
+    return res
+
+
+def _fill_check(res: Result, out: Path, record_type: str, expected: int) -> None:
+    c = check_output(out, record_type, expected)
+    res.out_bytes = c.out_bytes
+    res.records_out = c.records
+    res.check = _check_text(c, expected)
+    res.extra["output_check"] = asdict(c)
+
+
+def run_limit(job: Job) -> Result:
+    """Arrow parse of the input + ISA-L gzip (bulkd's default level) of the expected NDJSON, one core."""
+    cmd = [
+        sys.executable, "-m", "benchmarks.peers", "limit", job.inp.workload.name, str(job.src),
+        str(job.out_root / "limit"), "--ref", str(job.ds.ref_ndjson),
+        "--gzip-level", str(job.args.gzip_level),
+    ]  # fmt: skip
+    res = job.result("limit", validates=False)
+    m = measure(cmd, job.args.timeout)
+    if m.returncode != 0:
+        res.status = f"failed ({_reason(m)})"
+        return res
+    report = _last_json(m.stdout)
+    res.wall = float(report["seconds"])
+    res.cpu = res.wall
+    res.peak_rss = m.peak_rss
+    res.out_bytes = int(report["gzip_bytes"])
+    res.records_out = job.ds.records_valid
+    res.check = f"parse {report['parse_seconds']:.2f}s + gzip {report['gzip_seconds']:.2f}s"
+    res.extra["report"] = report
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def _ratio(a: Result | None, b: Result) -> str:
+    if a is None or a.status != "ok" or b.status != "ok" or b.rows_per_s == 0:
+        return "-"
+    return f"{a.rows_per_s / b.rows_per_s:.2f}x"
+
+
+def render_table(results: list[Result]) -> str:
+    """The one table: a block per input, bulkd first, peers, then the limit."""
+    head = (
+        "input",
+        "tool",
+        "rows/s",
+        "MB/s",
+        "CPU s",
+        "RSS MB",
+        "out MB",
+        "validates",
+        "bulkd ÷",
+        "output check",
+    )
+    lines = []
+    rows: list[tuple[str, ...]] = [head]
+    by_input: dict[str, list[Result]] = {}
+    for r in results:
+        by_input.setdefault(r.input, []).append(r)
+    for key, group in by_input.items():
+        bulkd = next((r for r in group if r.tool == "bulkd"), None)
+        for r in group:
+            tool = r.tool + ("*" if r.sampled_rows else "")
+            if r.status != "ok":
+                rows.append((key, tool, r.status, "", "", "", "", "", "", ""))
+                continue
+            rows.append(
+                (
+                    key,
+                    tool,
+                    f"{r.rows_per_s:,.0f}",
+                    f"{r.mb_per_s:.1f}",
+                    f"{r.cpu:.1f}",
+                    f"{r.peak_rss / 2**20:.0f}",
+                    f"{r.out_bytes / 1e6:.1f}",
+                    "-" if r.tool == "limit" else ("yes" if r.validates else "no"),
+                    "" if r.tool == "bulkd" else _ratio(bulkd, r),
+                    r.check,
+                )
+            )
+    widths = [max(len(row[i]) for row in rows if len(row[2]) < 40 or i != 2) for i in range(len(head))]
+    for row in rows:
+        if len(row[2]) >= 40:  # an unavailable/failed row: one message across the figure columns
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}")
+            continue
+        cells = [
+            f"{c:<{w}}" if i in (0, 1, 7, 9) else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _get(results: list[Result], inp: str, tool: str) -> Result | None:
+    r = next((r for r in results if r.input == inp and r.tool == tool), None)
+    return r if r is not None and r.status == "ok" else None
+
+
+def target_checks(results: list[Result], flat_rss: tuple[int, int, int] | None) -> list[tuple[str, str, str]]:
+    """Issue #4's targets as ``(verdict, target, figure)``, computed from this run's ratios."""
+    out: list[tuple[str, str, str]] = []
+    csv_b = _get(results, "customer_csv", "bulkd")
+
+    def add(
+        name: str, ok: Callable[[], bool] | None, figure: Callable[[], str], needs: list[Result | None]
+    ) -> None:
+        if ok is None or any(n is None for n in needs):
+            out.append(("SKIP", name, "not measured in this run"))
+        else:
+            out.append(("PASS" if ok() else "FAIL", name, figure()))
+
+    def ratio(a: Result | None, b: Result | None) -> float:
+        assert a is not None
+        assert b is not None
+        return a.rows_per_s / b.rows_per_s
+
+    add(
+        "customer CSV ≥ 400k validated rows/s",
+        lambda: csv_b.rows_per_s >= 400_000,
+        lambda: f"{csv_b.rows_per_s:,.0f} rows/s on {os.cpu_count()} cores",
+        [csv_b],
+    )  # type: ignore[union-attr]
+    for peer, need in (("polars", 2.2), ("duckdb", 4.5), ("lexer", 100.0)):
+        p = _get(results, "customer_csv", peer)
+        add(
+            f"customer CSV ≥ {need:g}x {peer}",
+            lambda p=p, need=need: ratio(csv_b, p) >= need,
+            lambda p=p: f"{ratio(csv_b, p):.2f}x",
+            [csv_b, p],
+        )
+    lim = _get(results, "customer_csv", "limit")
+    add(
+        "customer CSV within 2x of the limit",
+        lambda: ratio(csv_b, lim) >= 0.5,
+        lambda: f"bulkd ÷ limit = {ratio(csv_b, lim):.2f}x",
+        [csv_b, lim],
+    )
+    bulkd_runs = [r for r in results if r.tool == "bulkd" and r.status == "ok"]
+    peak = max((r.peak_rss for r in bulkd_runs), default=0)
+    add(
+        "peak RSS ≤ 256 MB (all bulkd runs)",
+        lambda: peak <= 256 * 2**20,
+        lambda: f"{peak / 2**20:.0f} MB",
+        [bulkd_runs[0] if bulkd_runs else None],
+    )
+    if flat_rss is None:
+        out.append(
+            (
+                "SKIP",
+                "RSS flat: 10 M rows ≤ 1.1x 1 M rows",
+                "run with --rss-rows 10000000 (and --rows 1000000)",
+            )
+        )
+    else:
+        small, big, big_rows = flat_rss
+        verdict = "PASS" if big <= 1.1 * small else "FAIL"
+        out.append(
+            (
+                verdict,
+                f"RSS flat: {big_rows:,} rows ≤ 1.1x {csv_b.rows if csv_b else 0:,} rows",
+                f"{big / 2**20:.0f} MB vs {small / 2**20:.0f} MB = {big / max(small, 1):.2f}x",
+            )
+        )
+    add(
+        "output ≤ 1.25x zlib-6 size of the same NDJSON",
+        lambda: csv_b.out_bytes <= 1.25 * lim.extra["report"]["zlib6_bytes"],
+        lambda: f"{csv_b.out_bytes / lim.extra['report']['zlib6_bytes']:.2f}x",
+        [csv_b, lim],
+    )  # type: ignore[union-attr]
+    pq_b = _get(results, "customer_parquet", "bulkd")
+    add(
+        "Parquet input at least as fast as CSV",
+        lambda: ratio(pq_b, csv_b) >= 1.0,
+        lambda: f"Parquet ÷ CSV = {ratio(pq_b, csv_b):.2f}x",
+        [pq_b, csv_b],
+    )
+    po_b = _get(results, "purchase_csv", "bulkd")
+    add(
+        "purchase order lines ≥ 200k rows/s",
+        lambda: po_b.rows_per_s >= 200_000,
+        lambda: f"{po_b.rows_per_s:,.0f} rows/s",
+        [po_b],
+    )  # type: ignore[union-attr]
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on, so a reader can compare runs."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for pkg in ("pyarrow", "isal", "orjson", "fastjsonschema", "duckdb", "polars", "pandas", "pydantic"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0],
+        "packages": versions,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; every default keeps a 1 M-row run within a few minutes."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="input rows per data set (default 1,000,000)")
+    p.add_argument(
+        "--peers",
+        default=",".join(ALL_PEERS),
+        help=f"comma list of peers, or 'none' (default {','.join(ALL_PEERS)})",
+    )
+    p.add_argument(
+        "--inputs", default=",".join(INPUTS), help=f"comma list of inputs (default {','.join(INPUTS)})"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="generated files and outputs (gitignored)"
+    )
+    p.add_argument("--seed", type=int, default=datagen.DEFAULT_SEED)
+    p.add_argument(
+        "--lexer-sample", type=int, default=20_000, help="rows the Lexer re-creation runs on (scaled up)"
+    )
+    p.add_argument(
+        "--gzip-level", type=int, help="ISA-L level for the limit row (default: bulkd's own default)"
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before a tool's process is killed")
+    p.add_argument(
+        "--rss-rows", type=int, help="also run bulkd on this many customer CSV rows to check RSS flatness"
+    )
+    p.add_argument(
+        "--bulkd-arg", action="append", default=[], help="extra argument passed to 'bulkd convert'"
+    )
+    p.add_argument("--skip-upload", action="store_true", help="skip the upload benchmark")
+    p.add_argument("--json", type=Path, dest="json_out", help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    args.peer_list = [] if args.peers == "none" else [x for x in args.peers.split(",") if x]
+    unknown = set(args.peer_list) - set(ALL_PEERS)
+    if unknown:
+        p.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    args.input_list = [x for x in args.inputs.split(",") if x]
+    if set(args.input_list) - set(INPUTS):
+        p.error(f"unknown inputs: {', '.join(sorted(set(args.input_list) - set(INPUTS)))}")
+    return args
+
+
+def run_inputs(args: argparse.Namespace) -> tuple[list[Result], dict[str, datagen.DataSet]]:
+    """Every selected input: make (or reuse) the file, then bulkd, the peers and the limit on it."""
+    results: list[Result] = []
+    datasets: dict[str, datagen.DataSet] = {}
+    for key in args.input_list:
+        inp = INPUTS[key]
+        t0 = time.perf_counter()
+        ds = datagen.ensure(inp.workload, args.rows, args.data_dir, args.seed)
+        datasets[key] = ds
+        src = ds.parquet if inp.fmt == "parquet" else ds.csv
+        assert src is not None
+        print(
+            f"[{key}] {src.name}: {src.stat().st_size / 1e6:.1f} MB, {ds.rows:,} rows, "
+            f"{ds.records_valid:,} valid records (data ready in {time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
+        job = Job(inp, src, ds, args.data_dir / "out" / key, args)
+        steps: list[tuple[str, Callable[[Job], Result]]] = [("bulkd", run_bulkd)]
+        steps += [(p, functools.partial(run_peer, p)) for p in inp.peers if p in args.peer_list]
+        steps.append(("limit", run_limit))
+        for name, step in steps:
+            r = step(job)
+            results.append(r)
+            figure = (
+                f"{r.rows_per_s:,.0f} rows/s, {r.peak_rss / 2**20:.0f} MB" if r.status == "ok" else r.status
+            )
+            print(f"  {name:<7} {figure}", flush=True)
+        shutil.rmtree(job.out_root, ignore_errors=True)
+    return results, datasets
+
+
+def run_flat_rss(args: argparse.Namespace, results: list[Result]) -> tuple[int, int, int] | None:
+    """bulkd alone on ``--rss-rows`` customer CSV rows: (peak at --rows, peak at --rss-rows, rows)."""
+    small = _get(results, "customer_csv", "bulkd")
+    if not args.rss_rows or small is None:
+        return None
+    ds = datagen.ensure(datagen.CUSTOMER, args.rss_rows, args.data_dir, args.seed)
+    job = Job(INPUTS["customer_csv"], ds.csv, ds, args.data_dir / "out" / "rss", args)
+    big = run_bulkd(job)
+    shutil.rmtree(job.out_root, ignore_errors=True)
+    if big.status != "ok":
+        return None
+    big.input = f"customer_csv@{ds.rows}"
+    results.append(big)
+    return small.peak_rss, big.peak_rss, ds.rows
+
+
+def print_report(args: argparse.Namespace, results: list[Result], checks: list[tuple[str, str, str]]) -> None:
+    """The table, its legend and the PASS/FAIL lines."""
+    print()
+    print(render_table(results))
+    print()
+    print("validates: the tool checks every record against the record type's schema and drops failures.")
+    print("output check: records out vs the planted valid count; a sample checked against bulkd's schema")
+    print("  ('invalid' = planted bad rows passed through; 'nulls' = null fields the strict schema refuses).")
+    print(
+        f"limit: Arrow parse alone + ISA-L gzip level {args.gzip_level} ({args.level_source}) alone, 1 core."
+    )
+    if any(r.sampled_rows for r in results):
+        print(
+            f"*: ran on the first {args.lexer_sample:,} rows; time, CPU and output bytes scaled to the file."
+        )
+    for name, text in DESCRIPTIONS.items():
+        if name in args.peer_list:
+            print(f"  {name:<7} {text}")
+    print()
+    for verdict, name, figure in checks:
+        print(f"{verdict:<4}  {name}: {figure}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate (or reuse) the data, run every tool on it, print the table and the target checks."""
+    args = parse_args(argv)
+    level, args.level_source = bulkd_gzip_level()
+    if args.gzip_level is None:
+        args.gzip_level = level
+    else:
+        args.level_source = "--gzip-level"
+    env = environment()
+    print(f"bulkd benchmark: {args.rows:,} rows, {env['cpus']} CPUs ({env['cpu']}), Python {env['python']}")
+    if env["load_average_1m"] > 0.5:
+        # Every tool shares the cores with whatever else runs: ratios survive that, absolutes do not.
+        print(f"warning: load average {env['load_average_1m']:.2f} before start; the machine is not idle")
+    for w in {INPUTS[k].workload.name: INPUTS[k].workload for k in args.input_list}.values():
+        problems = datagen.check(w, sample=5_000, seed=args.seed)
+        if problems:
+            print("datagen disagrees with bulkd's schemas:\n  " + "\n  ".join(problems[:10]), file=sys.stderr)
+            return 2
+
+    results, datasets = run_inputs(args)
+    flat = run_flat_rss(args, results)
+    checks = target_checks(results, flat)
+    upload: dict[str, Any] = {}
+    if not args.skip_upload:
+        from benchmarks import upload_bench
+
+        upload = upload_bench.run_all(timeout=min(args.timeout, 300.0))
+        checks += upload.get("checks", [])
+    print_report(args, results, checks)
+    if upload:
+        print()
+        print(upload.get("text", ""))
+
+    if args.json_out:
+        doc = {
+            "environment": env,
+            "rows": args.rows,
+            "seed": args.seed,
+            "gzip_level": args.gzip_level,
+            "datasets": {k: d.manifest for k, d in datasets.items()},
+            "results": [{**asdict(r), "rows_per_s": r.rows_per_s, "mb_per_s": r.mb_per_s} for r in results],
+            "checks": [{"verdict": v, "target": n, "figure": f} for v, n, f in checks],
+            "upload": {k: v for k, v in upload.items() if k != "text"},
+        }
+        args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nfigures written to {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
