@@ -82,7 +82,7 @@ def add_job(led: Ledger, job_id: str = "job-1", sha: str = "a" * 64) -> None:
         size=123,
         device=1,
         inode=2,
-        claimed_path=f"/work/{job_id}.csv",
+        claimed_path=f"work/{job_id}.csv",
     )
 
 
