@@ -94,9 +94,8 @@ def _encode_struct(arr: pa.StructArray) -> pa.Array:
         return pc.if_else(arr.is_valid(), pa.scalar("{}"), _NULL_STR)
     fragments = []
     for i, field in enumerate(arr.type):
-        key = ("," + orjson.dumps(field.name).decode() + ":").encode()
-        value = _encode(arr.field(i))
-        fragments.append(pc.binary_join_element_wise(pa.scalar(key.decode()), value, ""))
+        key = "," + orjson.dumps(field.name).decode() + ":"
+        fragments.append(pc.binary_join_element_wise(key, _encode(arr.field(i)), ""))
     body = pc.binary_join_element_wise(*fragments, "", null_handling="replace", null_replacement="")
     body = pc.utf8_slice_codeunits(body, 1)
     text = pc.binary_join_element_wise("{", body, "}", "")

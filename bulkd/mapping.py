@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -338,12 +339,11 @@ def _collect(
             first.setdefault(row, (field, rule, why))
     if not first:
         return coerce.all_false(n), ()
-    flags = [False] * n
-    for row in first:
-        flags[row] = True
+    flags = np.zeros(n, dtype=np.bool_)
+    flags[list(first)] = True
     line_list = lines.to_pylist()
     rejects = tuple(
         Reject(input=input_name, line=line_list[row], field=f, rule=r, message=f"{f} {w}")
         for row, (f, r, w) in sorted(first.items())
     )
-    return pa.array(flags, pa.bool_()), rejects
+    return pa.array(flags), rejects
