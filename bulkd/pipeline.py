@@ -123,7 +123,8 @@ def convert_file(
     """Convert one input file into chunks under ``out_dir`` (plus a reject file when needed).
 
     Whole-file problems are returned as ``FileResult.error`` (one sentence naming the file), never
-    raised, so that a batch of inputs goes on with the next file.
+    raised, so that a batch of inputs goes on with the next file. Any other exception (such as one
+    raised by ``progress`` to cancel) removes the partial chunks and reject file, then propagates.
     """
     started = time.monotonic()
     run = _Run(path, out_dir, settings, prefix)
@@ -136,6 +137,10 @@ def convert_file(
     except BulkdError as exc:
         run.abort()
         return FileResult(input=run.input, rows=run.rows, error=str(exc), seconds=time.monotonic() - started)
+    except BaseException:
+        # A progress callback may raise to cancel (daemon shutdown): leave no partial output.
+        run.abort()
+        raise
     rejected = run.rejects.count
     if run.rows != run.rows_delivered + rejected:
         raise BulkdError(
