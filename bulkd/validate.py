@@ -349,11 +349,13 @@ class RecordChecker:
         return f"{field or 'record'} matches none of the accepted forms: {forms}"
 
 
-_VARIANTS: dict[int, RecordValidator] = {}
+_VARIANTS: dict[bytes, RecordValidator] = {}
 
 
 def _variant_validator(root: dict[str, Any], variant: dict[str, Any]) -> RecordValidator:
-    key = id(variant)
+    # Keyed by content: ``exc.definition`` is a fresh copy on every raise, so an ``id()`` key
+    # missed every time (a compile per doubtful row) and could even hit a recycled id.
+    key = orjson.dumps([variant, root.get("definitions", {})], option=orjson.OPT_SORT_KEYS)
     if key not in _VARIANTS:
         schema = {**variant, "definitions": root.get("definitions", {})}
         _VARIANTS[key] = fastjsonschema.compile(schema, formats=FORMAT_CHECKERS, use_default=False)
