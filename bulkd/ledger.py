@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
+import json
 import os
 import re
 import sqlite3
@@ -102,7 +103,8 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 
 CHUNK_TRANSITIONS: Mapping[ChunkState, frozenset[ChunkState]] = {
     C.WRITTEN: frozenset({C.CREATING, C.FAILED}),
-    C.CREATING: frozenset({C.CREATED, C.FAILED}),
+    # Creating again: a crash (or lost reply) after the POST left no upload id to continue with.
+    C.CREATING: frozenset({C.CREATING, C.CREATED, C.FAILED}),
     # An expired presigned URL sends the chunk back to the API for a fresh one.
     C.CREATED: frozenset({C.DELIVERED, C.CREATING, C.FAILED}),
     C.DELIVERED: frozenset(),
@@ -137,6 +139,7 @@ class JobRecord:
     rejected: int | None
     error: str | None
     report_path: str | None
+    rejects_by_rule: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,17 @@ _SCHEMA_V1 = (
     "CREATE INDEX chunks_by_state ON chunks(state)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+_SCHEMA_V2 = (
+    # Every upload id a chunk was ever given: after a lost reply the same bytes may sit under two.
+    """CREATE TABLE uploads (
+        job_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, upload_id TEXT NOT NULL,
+        created_at REAL NOT NULL, PRIMARY KEY (job_id, chunk_index, upload_id),
+        FOREIGN KEY (job_id, chunk_index) REFERENCES chunks(job_id, chunk_index) ON DELETE CASCADE
+    ) STRICT""",
+    "ALTER TABLE jobs ADD COLUMN rejects_by_rule TEXT NOT NULL DEFAULT '{}'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 """``MIGRATIONS[n]`` moves a database from ``user_version`` n to n + 1, in one transaction."""
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -347,10 +360,13 @@ class Ledger:
         rejected: int | None = None,
         error: str | None = None,
         report_path: str | None = None,
+        rejects_by_rule: Mapping[str, int] | None = None,
     ) -> JobRecord:
         """Move a job to ``to`` (and set the given fields) in one transaction, or refuse."""
         fields: dict[str, int | str | None] = {"rows": rows, "records": records, "rejected": rejected}
         fields |= {"error": error, "report_path": report_path}
+        if rejects_by_rule is not None:
+            fields["rejects_by_rule"] = json.dumps(dict(rejects_by_rule), sort_keys=True)
         updates = {k: v for k, v in fields.items() if v is not None}
         with self._transaction(full=to in _FULL_SYNC_JOB) as db:
             row = self._query_one("SELECT state FROM jobs WHERE job_id=?", (job_id,), f"job {job_id}")
@@ -483,6 +499,12 @@ class Ledger:
                 " WHERE job_id=? AND chunk_index=?",
                 (to.value, self._clock(), int(to is ChunkState.CREATING), upload_id, error, *key),
             )
+            if upload_id is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO uploads (job_id, chunk_index, upload_id, created_at)"
+                    " VALUES (?,?,?,?)",
+                    (*key, upload_id, self._clock()),
+                )
         return self.get_chunk(job_id, chunk_index)
 
     def get_chunk(self, job_id: str, chunk_index: int) -> ChunkRecord:
@@ -500,6 +522,15 @@ class Ledger:
         params = (job_id, *(s.value for s in states))
         return [_chunk(row) for row in self._query(sql + " ORDER BY chunk_index", params)]
 
+    def upload_ids(self, job_id: str) -> dict[int, list[str]]:
+        """Every upload id each chunk of the job was given, oldest first (reports list them all)."""
+        sql = "SELECT chunk_index, upload_id FROM uploads WHERE job_id=?"
+        sql += " ORDER BY chunk_index, created_at, rowid"
+        found: dict[int, list[str]] = {}
+        for index, upload_id in self._query(sql, (job_id,)):
+            found.setdefault(index, []).append(upload_id)
+        return found
+
     # -- health -----------------------------------------------------------------------------
 
     def integrity_check(self) -> list[str]:
@@ -512,6 +543,7 @@ class Ledger:
 def _job(row: sqlite3.Row) -> JobRecord:
     values = dict(zip(row.keys(), row, strict=True))
     values["state"] = JobState(values["state"])
+    values["rejects_by_rule"] = json.loads(values["rejects_by_rule"])
     return JobRecord(**values)
 
 

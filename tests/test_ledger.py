@@ -406,3 +406,19 @@ async def test_async_ledger_runs_on_one_dedicated_thread(tmp_path: Path) -> None
         assert chunk.attempts == 1
     reopened = await AsyncLedger.open(state)  # close() released the lock
     await reopened.close()
+
+
+def test_every_upload_id_and_reject_tally_is_kept(ledger: Ledger) -> None:
+    add_job(ledger)
+    add_chunk(ledger, "job-1", 0)
+    ledger.transition_chunk("job-1", 0, C.CREATING)
+    ledger.transition_chunk("job-1", 0, C.CREATING)  # a crash after the POST: create again
+    ledger.transition_chunk("job-1", 0, C.CREATED, upload_id="u1")
+    ledger.transition_chunk("job-1", 0, C.CREATING, error="presigned URL expired")
+    ledger.transition_chunk("job-1", 0, C.CREATED, upload_id="u2")
+    assert ledger.upload_ids("job-1") == {0: ["u1", "u2"]}
+    assert ledger.get_chunk("job-1", 0).attempts == 3
+    ledger.transition_job("job-1", J.CONVERTING)
+    job = ledger.transition_job("job-1", J.CONVERTED, rejects_by_rule={"format": 2, "required": 1})
+    assert job.rejects_by_rule == {"format": 2, "required": 1}
+    assert ledger.upload_ids("job-2") == {}
