@@ -13,10 +13,11 @@ $(BIN)/bulkd: pyproject.toml
 
 setup: $(BIN)/bulkd
 
-# Main job: convert the bundled sample into var/out, then run the daemon on the default
-# config and a local inbox (var/inbox) against the embedded Lexer simulator.
+# Main job: the daemon on the default config and a local inbox (var/inbox). With no
+# upload.api_url it uploads to the embedded Lexer simulator, and --sample drops the bundled
+# sample CSV into var/inbox/demo/customer_record/ so there is something to watch. Ctrl-C stops.
 run: setup
-	$(BIN)/bulkd demo
+	$(BIN)/bulkd run --config config/bulkd.example.toml --sample
 
 test: setup lint
 	$(BIN)/pytest -q

@@ -1,4 +1,4 @@
-"""Command line: ``bulkd convert``, ``bulkd validate``, ``bulkd hub-sim`` and ``bulkd demo``.
+"""Command line: ``bulkd run`` (the daemon), ``convert``, ``validate``, ``hub-sim`` and ``demo``.
 
 With ``--json`` the last line printed is one JSON summary object, so scripts can read the
 outcome without parsing prose. Exit status is 0 only when every input converted within the
@@ -73,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--store", type=Path, default=Path("var/hub-sim"), help="object store directory")
     sim.add_argument("--url-ttl", type=float, default=900.0, help="presigned URL lifetime in seconds")
     sim.set_defaults(handler=_hub_sim)
+
+    run = sub.add_parser("run", help="run the daemon: watch the inbox, convert, upload")
+    run.add_argument(
+        "--config", type=Path, help="TOML config (default: built-in defaults and BULKD_* variables)"
+    )
+    run.add_argument("--once", action="store_true", help="drain the inbox, then exit (cron-style)")
+    run.add_argument(
+        "--sample", action="store_true", help="drop the bundled sample CSV into the inbox at start"
+    )
+    run.set_defaults(handler=_run)
 
     demo = sub.add_parser("demo", help="convert the bundled sample customers into var/demo (a dry run)")
     demo.add_argument("--out", type=Path, default=Path("var/demo"), help="output directory")
@@ -206,6 +216,16 @@ def _hub_sim(args: argparse.Namespace) -> int:
     )
     run_simulator(config, on_ready=lambda sim: print(f"hub-sim listening on {sim.base_url}", flush=True))
     return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bulkd.config import load_config
+    from bulkd.logs import setup_logging
+    from bulkd.service import run_service
+
+    config = load_config(args.config)
+    setup_logging(config.service.log_format, config.service.log_level, secrets=(config.api_token,))
+    return run_service(config, once=args.once, sample=args.sample)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -499,6 +499,8 @@ class Inbox:
         self._settler = Settler(settings.settle_seconds, clock)
         self._on_skip = on_skip or (lambda s: log.warning("inbox: skipped %s: %s", s.name, s.reason.value))
         self._reported: set[tuple[bytes, SkipReason]] = set()
+        self.candidates: frozenset[bytes] = frozenset()
+        """Every candidate file of the last scan, settled or not (what ``--once`` still waits for)."""
 
     async def prepare(self) -> list[ClaimedFile]:
         """Create and check the work area; return claims a crash interrupted (see :func:`recover_claims`)."""
@@ -519,6 +521,7 @@ class Inbox:
         """Rescan (in a thread) and return the entries that have settled."""
         s = self.settings
         result = await asyncio.to_thread(scan, s.root, s.routes, s.max_depth)
+        self.candidates = frozenset(e.rel for e in result.entries)
         present = {e.rel for e in result.entries} | {k.rel for k in result.skipped}
         self._reported = {key for key in self._reported if key[0] in present}
         for skipped in result.skipped:

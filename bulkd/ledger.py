@@ -420,6 +420,40 @@ class Ledger:
         sql = "SELECT 1 FROM jobs WHERE content_sha256=? AND state IN (?,?) LIMIT 1"
         return bool(self._query(sql, (content_sha256, JobState.DELIVERED.value, JobState.ARCHIVED.value)))
 
+    def original_of(self, job_id: str) -> JobRecord | None:
+        """An earlier job with the same content that is delivered or still on its way (not failed).
+
+        Two copies of one export dropped together must not both be loaded, so a job in progress
+        counts as well as a delivered one."""
+        job = self.get_job(job_id)
+        sql = (
+            "SELECT * FROM jobs WHERE content_sha256=? AND job_id!=? AND state NOT IN (?,?)"
+            " AND (created_at < ? OR (created_at = ? AND job_id < ?)) ORDER BY created_at LIMIT 1"
+        )
+        params = (job.content_sha256, job_id, JobState.FAILED.value, JobState.DUPLICATE.value)
+        rows = self._query(sql, (*params, job.created_at, job.created_at, job_id))
+        return _job(rows[0]) if rows else None
+
+    def unreported_jobs(self) -> list[JobRecord]:
+        """Jobs that reached an end (failed, duplicate) but whose report and archive move are not done:
+        a crash came between the synced state change and the file moves."""
+        sql = "SELECT * FROM jobs WHERE state IN (?,?) AND report_path IS NULL ORDER BY created_at"
+        return [_job(row) for row in self._query(sql, (JobState.FAILED.value, JobState.DUPLICATE.value))]
+
+    def record_report(self, job_id: str, report_path: str) -> JobRecord:
+        """Note where a finished job's report was written (its state does not change)."""
+        with self._transaction(full=True) as db:
+            job = self.get_job(job_id)
+            if JOB_TRANSITIONS[job.state] - {JobState.ARCHIVED}:
+                raise LedgerError(f"job {job_id}: a report is recorded only for a finished job ({job.state})")
+            db.execute("UPDATE jobs SET report_path=? WHERE job_id=?", (report_path, job_id))
+        return self.get_job(job_id)
+
+    def pending_chunk_bytes(self) -> int:
+        """Bytes of chunks written but not yet delivered: what the spool holds for delivery."""
+        sql = "SELECT coalesce(sum(bytes), 0) FROM chunks WHERE state NOT IN (?,?)"
+        return int(self._query_one(sql, (ChunkState.DELIVERED.value, ChunkState.FAILED.value))[0])
+
     def job_summary(self, job_id: str) -> JobSummary:
         """The job with chunk counts per state and record/byte totals."""
         job = self.get_job(job_id)
