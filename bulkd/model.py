@@ -26,6 +26,7 @@ class RejectRule(StrEnum):
     """Why a row was rejected. Schema keywords (``required``, ``enum``...) come from the validator."""
 
     RAGGED_ROW = "ragged_row"
+    EMPTY_ROW = "empty_row"
     INVALID_UTF8 = "invalid_utf8"
     NUL_BYTE = "nul_byte"
     FIELD_TOO_LARGE = "field_too_large"

@@ -118,15 +118,25 @@ def test_empty_and_header_only_files_succeed_with_zero_records(
     assert (result.rows, result.records, result.rejected, result.chunks) == (0, 0, 0, ())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the reader drops a CSV row of only empty fields (read.py, owned elsewhere)"
-)
 def test_row_of_only_empty_fields_is_accounted_for(tmp_path: Path, convert: Convert) -> None:
     path = tmp_path / "in.csv"
     path.write_text("link.customer_id,first_name\nc1,A\n,\n")
     result = convert(path, "customer_record")
     assert result.rows == 2
     assert result.rejected == 1
+
+
+def test_blank_lines_are_not_rows_but_empty_rows_are_rejects(
+    tmp_path: Path, convert: Convert, reject_lines: Callable[[FileResult], list[dict[str, Any]]]
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'link.customer_id,first_name\r\n\r\nc1,"A\r\n\r\nB"\r\n"",""\r\nc2,C\r\n\r\n\r\n')
+    result = convert(path, "customer_record")
+    assert result.ok, result.error
+    assert (result.rows, result.records, result.rejected) == (3, 2, 1)
+    assert reject_lines(result) == [
+        {"input": str(path), "line": 6, "field": None, "rule": "empty_row", "message": "every cell is empty"}
+    ]
 
 
 def test_records_bulkd_writes_validate_upstream(

@@ -163,29 +163,40 @@ def test_explicit_delimiter_and_format(tmp_path: Path) -> None:
 # --- CSV: batch boundaries and line numbers --------------------------------------------------
 
 
-def _random_csv(seed: int, rows: int) -> tuple[bytes, list[list[str]], list[int]]:
-    """A CSV of short awkward cells, the rows as written, and the line each row starts on."""
+def _random_csv(
+    seed: int, rows: int, empties: bool = False
+) -> tuple[bytes, list[list[str]], list[int], list[int]]:
+    """A CSV of short awkward cells: its bytes, the rows as written, the line each row starts on,
+    and (with ``empties``) the lines of rows whose cells are all empty, among blank lines."""
     rng = random.Random(seed)
     pieces = ["a", "b", "", ",", '"', "\n", "\r\n", "é", " "]
     out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator=rng.choice(["\n", "\r\n"]))
+    terminator = rng.choice(["\n", "\r\n"])
+    writer = csv.writer(out, lineterminator=terminator)
     writer.writerow(["h1", "h2"])
-    expected, starts = [], []
+    expected, starts, empty_rows = [], [], []
     line = 2
     for _ in range(rows):
+        while empties and rng.random() < 0.1:
+            out.write(terminator)  # a blank line: not a row, but it moves the line numbers
+            line += 1
         row = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 3))) for _ in range(2)]
-        if row == ["", ""]:
+        if row == ["", ""] and not empties:
             row = ["x", ""]
-        writer.writerow(row)
-        expected.append(row)
-        starts.append(line)
+        if row == ["", ""]:
+            out.write(rng.choice([",", '"",""', ',""']) + terminator)
+            empty_rows.append(line)
+        else:
+            writer.writerow(row)
+            expected.append(row)
+            starts.append(line)
         line += sum(cell.count("\n") for cell in row) + 1
-    return out.getvalue().encode(), expected, starts
+    return out.getvalue().encode(), expected, starts, empty_rows
 
 
 @pytest.mark.parametrize("block_size", [24, 29, 33, 48, 61, 97, 128, 1 << 16])
 def test_quoted_newlines_and_quotes_at_every_block_boundary(tmp_path: Path, block_size: int) -> None:
-    data, expected, starts = _random_csv(block_size, 400)
+    data, expected, starts, _ = _random_csv(block_size, 400)
     result = read_all(write(tmp_path, "rand.csv", data), block_size=block_size)
     assert [[r["h1"], r["h2"]] for r in result.rows] == expected
     assert result.lines == starts
@@ -208,10 +219,61 @@ def test_ragged_rows_keep_line_numbers_after_multiline_fields(tmp_path: Path, bl
     assert "3 fields; the header has 2" in result.rejects[0].message
 
 
-def test_blank_lines_and_empty_rows_are_not_rows(tmp_path: Path) -> None:
-    result = read_all(write(tmp_path, "blank.csv", b"a,b\n\n1,2\n,\n\r\n3,4\n\n\n"))
-    assert result.rows == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
-    assert result.lines == [3, 6]
+def test_blank_lines_are_skipped_and_rows_of_empty_cells_are_rejects(tmp_path: Path) -> None:
+    data = b'a,b\n\n1,2\n,\n\r\n3,4\n"",""\n,""\n5,6\n\n\n'
+    result = read_all(write(tmp_path, "blank.csv", data))
+    assert result.rows == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}, {"a": "5", "b": "6"}]
+    assert result.lines == [3, 6, 9]
+    assert result.reject_view == [
+        (4, None, RejectRule.EMPTY_ROW),
+        (7, None, RejectRule.EMPTY_ROW),
+        (8, None, RejectRule.EMPTY_ROW),
+    ]
+    assert {r.message for r in result.rejects} == {"every cell is empty"}
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("end", ["", "newline", "blank lines"])
+def test_empty_rows_among_blank_lines_and_multiline_fields(tmp_path: Path, newline: str, end: str) -> None:
+    body = ["a,b", "", "1,2", ",", '"x', "", 'y",3', "", '"",""', "4,5", ","]
+    tail = {"": [], "newline": [""], "blank lines": ["", "", ""]}[end]
+    result = read_all(write(tmp_path, "mixed.csv", newline.join(body + tail).encode()))
+    assert [r["a"] for r in result.rows] == ["1", f"x{newline}{newline}y", "4"]
+    assert result.lines == [3, 5, 10]
+    assert result.reject_view == [(n, None, RejectRule.EMPTY_ROW) for n in (4, 9, 11)]
+
+
+def test_one_column_file_blank_line_is_skipped_quoted_empty_is_a_reject(tmp_path: Path) -> None:
+    result = read_all(write(tmp_path, "one.csv", b'a\n1\n\n""\n2\n\n'))
+    assert result.rows == [{"a": "1"}, {"a": "2"}]
+    assert result.lines == [2, 5]
+    assert result.reject_view == [(4, None, RejectRule.EMPTY_ROW)]
+
+
+@pytest.mark.parametrize("block_size", [24, 29, 33, 48, 61, 97, 128, 1 << 16])
+def test_empty_rows_and_blank_lines_at_every_block_boundary(tmp_path: Path, block_size: int) -> None:
+    data, expected, starts, empty_rows = _random_csv(block_size + 1, 400, empties=True)
+    assert len(empty_rows) > 10
+    result = read_all(write(tmp_path, "rand.csv", data), block_size=block_size)
+    assert [[r["h1"], r["h2"]] for r in result.rows] == expected
+    assert result.lines == starts
+    assert result.reject_view == [(n, None, RejectRule.EMPTY_ROW) for n in empty_rows]
+
+
+def test_many_trailing_blank_lines_are_not_rows(tmp_path: Path) -> None:
+    result = read_all(write(tmp_path, "tail.csv", b"a,b\n1,2\n" + b"\r\n" * 100_000))
+    assert result.rows == [{"a": "1", "b": "2"}]
+    assert result.rejects == []
+
+
+def test_empty_rows_in_compressed_and_utf16_files(tmp_path: Path) -> None:
+    text = "a,b\r\n\r\n,\r\n1,é\r\n\r\n"
+    gz = read_all(write(tmp_path, "e.csv.gz", gzip.compress(text.encode(), mtime=0)))
+    wide = read_all(write(tmp_path, "e16.csv", codecs.BOM_UTF16_LE + text.encode("utf-16-le")))
+    for result in (gz, wide):
+        assert result.rows == [{"a": "1", "b": "é"}]
+        assert result.lines == [4]
+        assert result.reject_view == [(3, None, RejectRule.EMPTY_ROW)]
 
 
 def test_multiline_quoted_header(tmp_path: Path) -> None:

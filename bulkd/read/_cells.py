@@ -54,8 +54,10 @@ class CellChecks:
         for row in np.flatnonzero(row_bytes > options.max_line_bytes).tolist():
             msg = f"row is {int(row_bytes[row])} bytes, over the {options.max_line_bytes}-byte limit"
             self._bad.setdefault(row, (None, RejectRule.LINE_TOO_LARGE, msg))
+        self.blank = blank
+        """Rows whose cells are all empty: a blank line, or (CSV) a row of empty cells."""
         self.keep: Bools = np.ones(n, dtype=np.bool_)
-        self.keep[blank] = False  # a row of empty cells is a blank line: not a row at all
+        self.keep[blank] = False  # never data; the CSV reader tells blank lines from empty rows
         if self._bad:
             self.keep[list(self._bad)] = False
 

@@ -22,7 +22,66 @@ from bulkd.read._stream import SNIFF_BYTES, Stream
 
 def line_breaks(text: bytes) -> int:
     """Physical line breaks in ``text``: LF, CR and CRLF each count once, as pyarrow sees them."""
-    return text.count(b"\n") + text.count(b"\r") - text.count(b"\r\n")
+    lf = text.count(b"\n")
+    return lf if b"\r" not in text else lf + text.count(b"\r") - text.count(b"\r\n")
+
+
+class BlankLines:
+    """Tells whether a physical line of the file is blank (no bytes between its line breaks).
+
+    pyarrow hands a blank line and a row of empty cells (``,,`` or ``"",""``) over as the same
+    all-empty row, so only the raw bytes can tell them apart. Those rows are rare, and only they
+    are looked up here: a second :class:`Stream` over the file walks forwards to each asked line.
+    A file without such rows costs nothing; one with them costs at most one more pass over its
+    bytes (line breaks counted with ``bytes.count``), in one block of memory.
+    """
+
+    def __init__(self, stream: Stream, block_size: int) -> None:
+        self._origin, self._block_size = stream, block_size
+        self._stream: Stream | None = None
+        self._buf = b""
+        self._base = 0
+        """Line breaks before ``_buf``, so its first byte is on line ``_base + 1``."""
+        self._count = 0
+        self._ends: Ints | None = None
+
+    def is_blank(self, line: int) -> bool:
+        """Whether 1-based physical ``line`` is empty; ask for lines in rising order only."""
+        while True:
+            k = line - 1 - self._base  # line breaks in _buf before the line starts
+            assert k >= 0, "lines must be asked for in rising order"
+            if k <= self._count:
+                start = 0 if k == 0 else int(self._break_ends()[k - 1])
+                if start < len(self._buf):
+                    return self._buf[start] in b"\r\n"
+            if not self._advance():
+                return False
+
+    def _advance(self) -> bool:
+        if self._stream is None:
+            self._stream = self._origin.reopen()
+        self._base += self._count
+        # Two bytes at least: then a read never ends on a CR whose LF is still to come.
+        self._buf = self._stream.read(max(2, self._block_size))
+        self._count, self._ends = line_breaks(self._buf), None
+        return bool(self._buf)
+
+    def _break_ends(self) -> Ints:
+        """Offsets just past each line break in ``_buf``."""
+        if self._ends is None:
+            a = np.frombuffer(self._buf, dtype=np.uint8)
+            ends = np.flatnonzero(a == 10)
+            if b"\r" in self._buf:
+                cr = np.flatnonzero(a == 13)
+                after = np.minimum(cr + 1, a.size - 1)
+                alone = cr[(cr + 1 == a.size) | (a[after] != 10)]
+                ends = np.sort(np.concatenate((ends, alone)))
+            self._ends = ends.astype(np.int64) + 1
+        return self._ends
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
 
 
 def scan_record(buf: bytes, delim: int, quote: int, eof: bool) -> tuple[int | None, bool]:
@@ -70,7 +129,17 @@ class _Invalid:
 
 
 class CsvSource(Source):
-    """CSV/TSV through ``pyarrow.csv.open_csv``, all columns as strings, line numbers kept exact."""
+    """CSV/TSV through ``pyarrow.csv.open_csv``, all columns as strings, line numbers kept exact.
+
+    Blank lines and empty rows, deliberately:
+
+    * A **blank line** (nothing between two line breaks, wherever it is: between rows or trailing
+      at the end of the file) is not a row. Python's ``csv`` module and Lexer's converter skip it
+      too, so row counts agree with theirs; it still counts for the line numbers after it.
+    * A **row whose cells are all empty** (``,,``, ``"",""``, or ``""`` in a one-column file) is a
+      row with nothing to upload: it becomes an ``empty_row`` reject, so that every row ends up in
+      a record or in the reject file.
+    """
 
     def __init__(self, path: Path, fmt: SourceFormat, stream: Stream, options: ReadOptions) -> None:
         self.path, self.format, self._stream, self._options = path, fmt, stream, options
@@ -81,6 +150,7 @@ class CsvSource(Source):
         self._reader: Any = None
         self._last: tuple[bytes, int] | None = None
         self._block = options.block_size
+        self._blank_lines = BlankLines(stream, options.block_size)
         self.columns, self._next_line, has_rows, row_bytes = self._read_header()
         if has_rows:
             self._reader = self._open_reader(row_bytes)
@@ -247,8 +317,19 @@ class CsvSource(Source):
         cell = raw.column(len(self.columns) - 1)[n - 1].as_py()
         self._last = None if trailing_invalid else (bytes(cell), int(lines[-1]))
         rejects += checks.rejects(self._input, lines)
+        if checks.blank.size:
+            rejects += self._empty_rows(lines[checks.blank].tolist())
         rejects.sort(key=lambda r: r.line)
         return self._batch(checks.good_data(), lines[checks.keep], rejects)
+
+    def _empty_rows(self, lines: list[int]) -> list[Reject]:
+        """All-empty rows: blank lines are dropped, rows of empty cells become rejects."""
+        message = "every cell is empty"
+        return [
+            Reject(self._input, line, None, RejectRule.EMPTY_ROW, message)
+            for line in lines
+            if not self._blank_lines.is_blank(line)
+        ]
 
     def _ragged(self, row: _Invalid, line: int) -> Reject:
         if row.unterminated:
@@ -265,4 +346,5 @@ class CsvSource(Source):
 
     def close(self) -> None:
         self._reader = None
+        self._blank_lines.close()
         self._stream.close()

@@ -149,6 +149,10 @@ class Stream:
         self._pending = data + self._pending
         self.tail = b""
 
+    def reopen(self) -> Stream:
+        """A new stream over the same file from its first byte, with the same decoding and caps."""
+        return Stream(Path(self._path), self._codec, self._options)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
