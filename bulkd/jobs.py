@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from bulkd.chunk import ChunkInfo, ChunkLimits
 from bulkd.config import Config
@@ -45,7 +46,9 @@ from bulkd.upload import ChunkUpload, Uploader
 __all__ = [
     "ConversionCancelled",
     "DeliveryDeferred",
+    "JobEvent",
     "JobRunner",
+    "Listener",
     "LiveJob",
     "chunk_timestamp",
     "sweep_spool",
@@ -63,6 +66,23 @@ CONVERT_BATCH = declare_crashpoint("job.convert.batch")
 """After a batch was converted (mid-conversion); use ``:N`` for the N-th batch."""
 
 _ACTIVE = (JobState.CLAIMED, JobState.CONVERTING, JobState.CONVERTED, JobState.DELIVERING, JobState.DELIVERED)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One job or chunk transition, as listeners (metrics, dashboards) see it."""
+
+    kind: Literal["job", "chunk"]
+    job_id: str
+    state: str
+    chunk_index: int | None = None
+    records: int = 0
+    bytes: int = 0
+    seconds: float | None = None
+    """For a delivered chunk: how long its upload took (create + PUT, retries included)."""
+
+
+Listener = Callable[[JobEvent], None]
 
 
 class ConversionCancelled(Exception):
@@ -110,14 +130,14 @@ class JobRunner:
         uploader: Uploader,
         *,
         stopping: threading.Event,
-        on_progress: Callable[[LiveJob], None] | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.uploader = uploader
         self.stopping = stopping
         self.live: dict[str, LiveJob] = {}
-        self._on_progress = on_progress or (lambda job: None)
+        self.listeners: list[Listener] = []
+        """Called on the event loop for every transition; must be quick and must not raise."""
         self._convert_slots = asyncio.Semaphore(config.convert.parallel_files)
 
     # -- the state machine ------------------------------------------------------------------
@@ -162,8 +182,17 @@ class JobRunner:
             case _:
                 raise AssertionError(f"not an active state: {job.state}")
 
+    def emit(self, event: JobEvent) -> None:
+        """Tell every listener; a failing listener is logged, never allowed to stop a job."""
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a job event listener failed")
+
     async def _transition(self, job: JobRecord, to: JobState, **fields: object) -> JobRecord:
         updated = await self.ledger.transition_job(job.job_id, to, **fields)
+        self.emit(JobEvent("job", job.job_id, to.value))
         log.info(
             "job %s: %s -> %s",
             job.job_id,
@@ -228,7 +257,6 @@ class JobRunner:
 
         def progress(rows: int, bytes_read: int) -> None:
             live.rows, live.bytes_read = rows, bytes_read
-            self._on_progress(live)
             crashpoint(CONVERT_BATCH)
             if self.stopping.is_set():
                 raise ConversionCancelled(job.job_id)
@@ -331,10 +359,22 @@ class JobRunner:
                 await self.ledger.transition_chunk(
                     job.job_id, chunk.chunk_index, ChunkState.FAILED, error=str(exc)
                 )
+                self.emit(JobEvent("chunk", job.job_id, ChunkState.FAILED.value, chunk.chunk_index))
             raise
         crashpoint(UPLOAD_PUT_DONE)
         await self.ledger.transition_chunk(job.job_id, chunk.chunk_index, ChunkState.DELIVERED)
         self.live[job.job_id].chunks_delivered += 1
+        self.emit(
+            JobEvent(
+                "chunk",
+                job.job_id,
+                ChunkState.DELIVERED.value,
+                chunk.chunk_index,
+                records=chunk.records,
+                bytes=chunk.bytes,
+                seconds=receipt.seconds,
+            )
+        )
         log.info(
             "chunk %s delivered as upload %s (%d records, %d bytes, %.2fs)",
             chunk.filename,
@@ -368,7 +408,7 @@ class JobRunner:
         report = build_report(job, chunks, upload_ids, rejects)
         await asyncio.to_thread(self._write_and_archive, job, dest, target, report)
         if job.state is JobState.DELIVERED:
-            job = await self.ledger.transition_job(job.job_id, JobState.ARCHIVED, report_path=str(target))
+            job = await self._transition(job, JobState.ARCHIVED, report_path=str(target))
         else:
             job = await self.ledger.run(Ledger.record_report, job.job_id, str(target))
         if not self.config.spool.keep_delivered or not delivered:

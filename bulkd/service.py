@@ -25,7 +25,8 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,7 +35,7 @@ from bulkd.config import Config
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
-from bulkd.jobs import ConversionCancelled, DeliveryDeferred, JobRunner, sweep_spool
+from bulkd.jobs import ConversionCancelled, DeliveryDeferred, JobEvent, JobRunner, sweep_spool
 from bulkd.ledger import AsyncLedger, JobRecord, JobState, Ledger
 from bulkd.secret import Secret
 from bulkd.upload import Uploader, UploadSettings
@@ -52,9 +53,11 @@ _QUEUED_CONVERSIONS = 2
 """Jobs claimed beyond those converting: enough to keep converters busy, few enough to stay fair."""
 
 
-def run_service(config: Config, *, once: bool = False, sample: bool = False) -> int:
+def run_service(
+    config: Config, *, once: bool = False, sample: bool = False, addons: Sequence[Addon] = ()
+) -> int:
     """Run the daemon on uvloop until stopped (or, with ``once``, until the inbox is drained)."""
-    service = Service(config)
+    service = Service(config, addons)
     runner = _event_loop_runner()
     with runner:
         return runner.run(service.run(once=once, sample=sample))
@@ -66,6 +69,10 @@ def _event_loop_runner() -> asyncio.Runner:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+Addon = Callable[["Service"], AbstractAsyncContextManager[object]]
+"""Something that runs beside the daemon for its whole life, given the started service."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +89,10 @@ class Parts:
 class Service:
     """One daemon instance. The status server reads its public attributes; nothing else writes them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, addons: Sequence[Addon] = ()) -> None:
         self.config = config
+        self.addons = tuple(addons)
+        """Started after the core parts, stopped before them (the status server is one)."""
         self.stopping = threading.Event()
         """Set on the first signal; conversion threads poll it between batches."""
         self.started = time.time()
@@ -171,6 +180,8 @@ class Service:
         unreported = await ledger.run(Ledger.unreported_jobs)
         if not conf.spool.keep_delivered:
             await asyncio.to_thread(sweep_spool, conf.spool_dir, {j.job_id for j in active})
+        for addon in self.addons:
+            await stack.enter_async_context(addon(self))
         for job in [*active, *unreported]:
             log.info("resuming job %s (%s) in state %s", job.job_id, job.source_name, job.state)
             self._start_job(job.job_id)
@@ -370,6 +381,7 @@ class Service:
                 claimed.size,
                 extra={"event": "job", "job_id": claimed.job_id, "state": "claimed"},
             )
+            self.parts.runner.emit(JobEvent("job", claimed.job_id, JobState.CLAIMED.value))
         await asyncio.to_thread(forget_claim, self.config.work_dir, claimed.job_id)
 
     def _start_job(self, job_id: str) -> None:
