@@ -23,7 +23,10 @@ from bulkd.coerce import DateTimeStyle, to_date, to_datetime
 
 __all__ = ["EncodedRows", "encode_records", "to_ndjson"]
 
-_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
+_NEEDS_ESCAPE_RE = r'[\x00-\x1f"\\]'
+_NEEDS_ESCAPE = np.zeros(256, dtype=np.bool_)
+_NEEDS_ESCAPE[:0x20] = True
+_NEEDS_ESCAPE[[ord('"'), ord("\\")]] = True
 _NULL_STR = pa.scalar(None, pa.string())
 
 
@@ -73,7 +76,7 @@ def _encode(arr: pa.Array) -> pa.Array:
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return _encode_list(arr)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _encode_string(arr)
+        return pc.binary_join_element_wise('"', _escaped(arr), '"', "")
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
         return pc.cast(arr, pa.string())
     if pa.types.is_floating(t):
@@ -82,26 +85,56 @@ def _encode(arr: pa.Array) -> pa.Array:
     if pa.types.is_null(t):
         return pa.nulls(len(arr), pa.string())
     if pa.types.is_timestamp(t):
-        return _encode_string(to_datetime(arr, DateTimeStyle()).values)
+        return _encode(to_datetime(arr, DateTimeStyle()).values)
     if pa.types.is_date(t):
-        return _encode_string(to_date(arr).values)
+        return _encode(to_date(arr).values)
     return _encode_python(arr)
 
 
-def _encode_struct(arr: pa.StructArray) -> pa.Array:
+def _member(key: str, value: pa.Array) -> list[pa.Array | str]:
+    """Join arguments that write ``,"key":value``, all null where the value is absent.
+
+    A value with no nulls needs no fragment of its own: its key goes into the object's join as
+    a constant, which saves a pass over the bytes.
+    """
+    prefix = "," + orjson.dumps(key).decode() + ":"
+    if pa.types.is_string(value.type) or pa.types.is_large_string(value.type):
+        parts: list[pa.Array | str] = [prefix + '"', _escaped(value), '"']
+    else:
+        parts = [prefix, _encode(value)]
+    if value.null_count == 0:
+        return parts
+    return [pc.binary_join_element_wise(*parts, "")]
+
+
+def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
+    """Each row as ``{...}`` followed by ``close`` (a newline can ride along); null for null rows.
+
+    One join writes ``,"k1":v1,"k2":v2}`` (absent members are empty strings), then the leading
+    comma becomes the opening brace (written directly when the first member is never absent).
+    """
     n = len(arr)
-    if arr.type.num_fields == 0:
-        return pc.if_else(arr.is_valid(), pa.scalar("{}"), _NULL_STR)
-    fragments = []
-    for i, field in enumerate(arr.type):
-        key = "," + orjson.dumps(field.name).decode() + ":"
-        fragments.append(pc.binary_join_element_wise(key, _encode(arr.field(i)), ""))
-    body = pc.binary_join_element_wise(*fragments, "", null_handling="replace", null_replacement="")
-    body = pc.utf8_slice_codeunits(body, 1)
-    text = pc.binary_join_element_wise("{", body, "}", "")
+    children = [arr.field(i) for i in range(arr.type.num_fields)]
+    empty = "{" + close
+    if not children:
+        text = pa.repeat(pa.scalar(empty), n)
+    else:
+        parts: list[pa.Array | str] = []
+        for field, child in zip(arr.type, children, strict=True):
+            parts.extend(_member(field.name, child))
+        if isinstance(parts[0], str):  # the first member is always there: it opens the brace
+            parts[0] = "{" + parts[0][1:]
+        body = pc.binary_join_element_wise(*parts, close, "", null_handling="replace", null_replacement="")
+        text = body if isinstance(parts[0], str) else pc.binary_replace_slice(body, 0, 1, "{")
+        if all(c.null_count for c in children):  # rows with no member at all read "{" + close
+            none = children[0].is_null()
+            for child in children[1:]:
+                none = pc.and_(none, child.is_null())
+            if pc.any(none).as_py():
+                text = pc.if_else(none, pa.scalar(empty), text)
     if arr.null_count == 0:
         return text
-    return pc.if_else(arr.is_valid(), text, pa.nulls(n, pa.string()))
+    return pc.if_else(arr.is_valid(), text, _NULL_STR)
 
 
 def _encode_list(arr: pa.Array) -> pa.Array:
@@ -117,15 +150,22 @@ def _encode_list(arr: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise("[", joined, "]", "")
 
 
-def _encode_string(arr: pa.Array) -> pa.Array:
+def _escaped(arr: pa.Array) -> pa.Array:
+    """String values with JSON escapes applied (without quotes); a byte table finds the rare ones."""
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
-    needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE), False)
-    if pc.any(needs).as_py():
-        picked = arr.filter(needs).to_pylist()
-        escaped = pa.array([orjson.dumps(v).decode()[1:-1] for v in picked], pa.string())
-        arr = pc.replace_with_mask(arr, needs, escaped)
-    return pc.binary_join_element_wise('"', arr, '"', "")
+    _validity, offsets, data = arr.buffers()
+    if data is None or len(arr) == 0:
+        return arr
+    ends = np.frombuffer(offsets, dtype=np.int32, count=2, offset=arr.offset * 4)
+    lo = int(ends[0])
+    hi = int(np.frombuffer(offsets, dtype=np.int32, count=1, offset=(arr.offset + len(arr)) * 4)[0])
+    if not _NEEDS_ESCAPE[np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)].any():
+        return arr
+    needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE_RE), False)
+    picked = arr.filter(needs).to_pylist()
+    escaped = pa.array([orjson.dumps(v).decode()[1:-1] for v in picked], pa.string())
+    return pc.replace_with_mask(arr, needs, escaped)
 
 
 def _encode_python(arr: pa.Array) -> pa.Array:
