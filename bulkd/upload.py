@@ -43,6 +43,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 from yarl import URL
 
+from bulkd.durable import crashpoint, declare_crashpoint
 from bulkd.errors import ConfigError, TerminalUploadError, TransientUploadError, UploadError
 from bulkd.redact import redact_text
 from bulkd.secret import Secret
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("bulkd.upload")
+
+PUT_MID_BODY = declare_crashpoint("upload.put.body")
+"""Part of a PUT body is on the wire, the rest is not."""
 
 Phase = Literal["create", "put"]
 _T = TypeVar("_T")
@@ -300,14 +304,19 @@ class _ChunkPayload(Payload):
         remaining = size if content_length is None else min(size, content_length)
         loop = asyncio.get_running_loop()
         handle = await loop.run_in_executor(None, self._path.open, "rb")
+        # The first piece is at most half the body, so the mid-body crash point is always mid-body.
+        piece_size = min(_READ_PIECE, max(1, remaining // 2))
         try:
             while remaining > 0:
-                piece = await loop.run_in_executor(None, handle.read, min(_READ_PIECE, remaining))
+                piece = await loop.run_in_executor(None, handle.read, min(piece_size, remaining))
                 if not piece:
                     raise OSError("the chunk file is shorter than its recorded size")
                 await writer.write(piece)
                 remaining -= len(piece)
                 self._on_sent(len(piece))
+                if remaining:
+                    crashpoint(PUT_MID_BODY)
+                piece_size = _READ_PIECE
         finally:
             handle.close()
 
