@@ -105,6 +105,7 @@ class Service:
         self._refused: set[bytes] = set()
         self._incomplete = False
         self._signals = 0
+        self._hold_intake_until = 0.0
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -179,7 +180,8 @@ class Service:
         active = await ledger.run(Ledger.jobs_in_state, *_ACTIVE)
         unreported = await ledger.run(Ledger.unreported_jobs)
         if not conf.spool.keep_delivered:
-            await asyncio.to_thread(sweep_spool, conf.spool_dir, {j.job_id for j in active})
+            keep = {j.job_id for j in (*active, *unreported)}
+            await asyncio.to_thread(sweep_spool, conf.spool_dir, keep)
         for addon in self.addons:
             await stack.enter_async_context(addon(self))
         for job in [*active, *unreported]:
@@ -345,6 +347,8 @@ class Service:
             self._start_job(claimed.job_id)
 
     async def _intake_open(self) -> bool:
+        if time.monotonic() < self._hold_intake_until:
+            return False
         queued = sum(j.phase is JobState.CLAIMED for j in self.parts.runner.live.values())
         if queued >= self.config.convert.parallel_files + _QUEUED_CONVERSIONS:
             return False
@@ -406,9 +410,10 @@ class Service:
                 self._defer(job_id, str(exc))
             elif isinstance(exc, ConversionCancelled):
                 continue
-            elif isinstance(exc, StorageError):
+            elif isinstance(exc, StorageError | OSError):
                 self.intake_paused = f"storage trouble: {exc}"
-                log.error("job %s: %s; retrying later", job_id, exc)
+                self._hold_intake_until = time.monotonic() + self.config.upload.retry_delivery_after
+                log.error("job %s: %s; intake paused, retrying later", job_id, exc)
                 self._defer(job_id, str(exc))
             elif isinstance(exc, LedgerError):
                 log.critical("the ledger failed (%s); stopping so that no state is guessed", exc)
