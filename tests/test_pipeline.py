@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from jsonschema import Draft7Validator
 
+import bulkd.pipeline
 from bulkd.pipeline import FileResult
 from bulkd.schemas import load_record_type, resolve_ref
 
@@ -247,3 +249,41 @@ def test_upstream_csv_example_converts_as_customer_record(
     assert records == expected
     assert len(records) > 0
     assert _upstream_errors(lexer_schemas, "customer_record", records) == []
+
+
+@pytest.mark.parametrize("partition_bytes", [None, 512])
+def test_grouped_rejects_come_out_once_each_in_line_order(
+    tmp_path: Path,
+    convert: Convert,
+    reject_lines: Callable[[FileResult], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    partition_bytes: int | None,
+) -> None:
+    """Purchases reject whole groups as partitions fold, out of line order; the file is sorted."""
+    if partition_bytes is not None:
+        monkeypatch.setattr(bulkd.pipeline, "_PARTITION_INPUT_BYTES", partition_bytes)
+    rng = random.Random(11)
+    rows: list[tuple[str, str]] = []  # (purchase id, quantity)
+    for p in range(80):
+        quantities = [str(rng.randint(1, 3)) for _ in range(rng.randint(1, 4))]
+        if p % 7 == 3:
+            quantities[-1] = "many"  # one bad line rejects the whole purchase
+        rows += [(f"P{p:03d}", q) for q in quantities]
+    rows += [("", "1")] * 3 + [("", "")] * 2  # no key; all empty
+    rng.shuffle(rows)
+    columns = ["purchase_id", "link.email", "action_at", "type", "products.product_reference.id"]
+    columns += ["products.product_reference.id_type", "products.price_paid", "products.quantity"]
+    body = "".join(
+        f"{pid},{pid.lower()}@x.co,2024-05-01,physical,sku{i},sku,1.50,{q}\n" if pid or q else ",,,,,,,\n"
+        for i, (pid, q) in enumerate(rows)
+    )
+    path = tmp_path / "lines.csv"
+    path.write_text(",".join(columns) + "\n" + body)
+    bad = {f"P{p:03d}" for p in range(80) if p % 7 == 3}
+    expected = [line for line, (pid, q) in enumerate(rows, start=2) if pid in bad or not pid]
+    result = convert(path, "purchase")
+    assert result.ok, result.error
+    assert result.rows == len(rows) == result.rows_delivered + result.rejected
+    assert [r["line"] for r in reject_lines(result)] == expected
+    rules = {r["rule"] for r in reject_lines(result)}
+    assert rules == {"type", "group_member_rejected", "missing_group_key", "empty_row"}
