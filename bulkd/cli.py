@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
+    status = sub.add_parser("status", help="show what the daemon is doing (its status API, else the ledger)")
+    status.add_argument(
+        "--config", type=Path, help="TOML config (default: built-in defaults and BULKD_* variables)"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument("--limit", type=int, default=20, help="jobs shown, most recently updated first")
+    status.add_argument(
+        "--healthz", action="store_true", help="exit 0 when the daemon's /healthz answers (health checks)"
+    )
+    status.set_defaults(handler=_status)
+
     demo = sub.add_parser("demo", help="convert the bundled sample customers into var/demo (a dry run)")
     demo.add_argument("--out", type=Path, default=Path("var/demo"), help="output directory")
     demo.set_defaults(handler=_demo)
@@ -224,8 +235,31 @@ def _run(args: argparse.Namespace) -> int:
     from bulkd.service import run_service
 
     config = load_config(args.config)
-    setup_logging(config.service.log_format, config.service.log_level, secrets=(config.api_token,))
-    return run_service(config, once=args.once, sample=args.sample)
+    secrets = (config.api_token, config.status_token)
+    setup_logging(config.service.log_format, config.service.log_level, secrets=secrets)
+    addons = []
+    if config.status.enabled:
+        from bulkd.status import status_addon
+
+        addons.append(status_addon)
+    return run_service(config, once=args.once, sample=args.sample, addons=addons)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bulkd.config import load_config
+    from bulkd.status.client import check_health, fetch_report, render
+
+    config = load_config(args.config)
+    if args.healthz:
+        return EXIT_OK if check_health(config) else EXIT_FAILED
+    report = fetch_report(config, limit=args.limit)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
+    else:
+        render(report)
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
