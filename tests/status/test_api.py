@@ -96,9 +96,8 @@ def test_probes_and_the_page_need_no_token(finished_run: Daemon) -> None:
     page = finished_run.get("/", token=None)
     assert page.status == 200
     assert b"/static/dashboard.js" in page.body
-    assert finished_run.get("/static/dashboard.js", token=None).headers["Content-Type"].startswith(
-        "application/javascript"
-    )
+    script = finished_run.get("/static/dashboard.js", token=None)
+    assert script.headers["Content-Type"].startswith("application/javascript")
 
 
 def test_every_answer_carries_security_headers(finished_run: Daemon) -> None:

@@ -64,7 +64,11 @@ def test_counters_agree_with_the_job_reports(finished_run: Daemon) -> None:
 def test_uploader_counters_match_its_own_statistics(finished_run: Daemon) -> None:
     metrics = scrape(finished_run)
     up = finished_run.get("/api/overview").json()["uploader"]
-    retries = {dict(labels)["cause"]: v for (name, labels), v in metrics.items() if name == "bulkd_upload_retries_total"}
+    retries = {
+        dict(labels)["cause"]: value
+        for (name, labels), value in metrics.items()
+        if name == "bulkd_upload_retries_total"
+    }
     assert retries == up["retries"]
     assert retries["http_503"] >= 1
     assert metrics[("bulkd_upload_requests_total", ())] == up["requests"]
