@@ -119,6 +119,8 @@ def render(report: StatusReport) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze columns into 80
     if report.overview is None:
         console.print("[dim]no daemon answering: read from the ledger[/dim]")
     else:
@@ -136,7 +138,6 @@ def render(report: StatusReport) -> None:
 
 _COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
     ("file", "left"),
-    ("dataset / type", "left"),
     ("state", "left"),
     ("progress", "right"),
     ("rows", "right"),
@@ -153,7 +154,6 @@ def _row(job: dict[str, Any]) -> tuple[str, ...]:
     chunks = job["chunks"]
     return (
         job["source"],
-        f"{job['dataset_id']} / {job['record_type']}",
         job["state"],
         f"{progress['fraction'] * 100:.0f}% {progress['stage']}",
         _count(job["rows"]),

@@ -57,8 +57,13 @@
 
   function renderChart(throughput) {
     const samples = throughput.samples;
-    const width = 600, height = 160, span = 600;
+    const width = 600, height = 160;
     const now = samples.length ? samples[samples.length - 1].t : Date.now() / 1000;
+    // The window grows with the daemon's age, from one minute up to the ten minutes kept.
+    const age = samples.length ? now - samples[0].t + throughput.interval : 0;
+    const span = Math.min(600, Math.max(60, age));
+    const minutes = Math.round(span / 60);
+    $("chart-title").textContent = `Throughput, last ${minutes} minute${minutes === 1 ? "" : "s"}`;
     const max = Math.max(1, ...samples.map((s) => Math.max(s.rows_per_second, s.records_per_second)));
     const x = (t) => (width * (t - (now - span))) / span;
     const y = (v) => height - 4 - ((height - 8) * v) / max;

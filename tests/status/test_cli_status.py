@@ -1,0 +1,92 @@
+"""``bulkd status``: the daemon's API when it runs, the ledger when it does not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from running import BULKD, STATUS_TOKEN, Daemon, customers_csv, start_daemon, write_config
+
+
+def bulkd_status(config: Path, *args: str, port: int | None = None, token: str | None = None) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKD_")}
+    if port is not None:
+        env["BULKD_STATUS_PORT"] = str(port)
+    if token is not None:
+        env["BULKD_STATUS_TOKEN"] = token
+    return subprocess.run(
+        [str(BULKD), "status", "--config", str(config), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def port_of(daemon: Daemon) -> int:
+    port = urlsplit(daemon.url).port
+    assert port is not None
+    return port
+
+
+def test_json_from_the_running_daemon(finished_run: Daemon) -> None:
+    done = bulkd_status(finished_run.config, "--json", port=port_of(finished_run), token=STATUS_TOKEN)
+    assert done.returncode == 0, done.stderr
+    doc = orjson.loads(done.stdout)
+    assert doc["source"] == "daemon"
+    assert doc["overview"]["uploader"]["delivered"] == 15
+    assert {j["job_id"] for j in doc["jobs"]} == {j["job_id"] for j in finished_run.jobs()}
+
+
+def test_table_from_the_running_daemon(finished_run: Daemon) -> None:
+    done = bulkd_status(finished_run.config, port=port_of(finished_run), token=STATUS_TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert "intake open" in done.stdout
+    assert "ds1/customer_record/alpha.csv" in done.stdout
+    assert "archived" in done.stdout
+    assert "format 25" in done.stdout
+
+
+def test_a_missing_token_is_explained(finished_run: Daemon) -> None:
+    done = bulkd_status(finished_run.config, "--json", port=port_of(finished_run))
+    assert done.returncode == 2
+    assert "401" in done.stderr
+    assert "BULKD_STATUS_TOKEN" in done.stderr
+
+
+def test_healthz_exit_status(finished_run: Daemon, tmp_path: Path) -> None:
+    assert bulkd_status(finished_run.config, "--healthz", port=port_of(finished_run)).returncode == 0
+    nothing = write_config(tmp_path)
+    assert bulkd_status(nothing, "--healthz", port=1).returncode == 1
+
+
+def test_the_ledger_answers_when_no_daemon_runs(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path)
+    try:
+        daemon.drop("one.csv", customers_csv(20, bad_every=10))
+        [job] = daemon.wait_finished(1)
+    finally:
+        assert daemon.stop() == 0
+    done = bulkd_status(daemon.config, "--json", port=port_of(daemon), token=STATUS_TOKEN)
+    assert done.returncode == 0, done.stderr
+    doc = orjson.loads(done.stdout)
+    assert doc["source"] == "ledger"
+    assert doc["overview"] is None
+    [seen] = doc["jobs"]
+    assert {k: seen[k] for k in ("job_id", "state", "rows", "rejected")} == {
+        "job_id": job["job_id"],
+        "state": "archived",
+        "rows": 20,
+        "rejected": 2,
+    }
+
+
+def test_no_ledger_yet_means_no_jobs(tmp_path: Path) -> None:
+    done = bulkd_status(write_config(tmp_path), "--json", port=1)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == {"source": "ledger", "overview": None, "jobs": []}
