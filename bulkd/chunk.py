@@ -5,6 +5,11 @@ zero mtime, and the compression level is fixed, so converting the same input twi
 byte-identical chunks (and the same Content-MD5), which is what makes a re-upload after a crash
 harmless. Each chunk is written under a temporary name, fsynced, renamed, and its directory
 fsynced before anyone may upload it.
+
+A chunk is one gzip stream made of independently compressed blocks (as pigz does): each batch
+of records is deflated on its own and ends on a byte boundary (a sync flush), so batches can be
+compressed on several threads and concatenated in order; the trailer's CRC is combined from the
+blocks' CRCs. A block's bytes depend only on its records and the level, never on the thread.
 """
 
 from __future__ import annotations
@@ -17,18 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isal import isal_zlib
+from zlib_ng import zlib_ng
 
 from bulkd.durable import crashpoint, declare_crashpoint, fsync_dir, temp_path_for
 from bulkd.encode import EncodedRows
 from bulkd.errors import ConfigError, StorageError
 
-__all__ = ["ChunkInfo", "ChunkLimits", "ChunkNaming", "ChunkWriter"]
+__all__ = ["Block", "ChunkInfo", "ChunkLimits", "ChunkNaming", "ChunkWriter", "deflate_block"]
 
 CHUNK_RENAMED = declare_crashpoint("chunk.renamed")
 """A chunk file has its final name but nothing has recorded it yet."""
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-_WBITS_GZIP = 31
+_RAW_DEFLATE = -15
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+"""Deflate, no flags, mtime 0, no extra flags, OS unknown: the same bytes on every machine."""
+_FINAL_BLOCK = b"\x03\x00"
+"""An empty final fixed-Huffman block: ends the deflate stream after the sync-flushed blocks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +49,10 @@ class ChunkLimits:
     max_records: int = 1_000_000
     max_ndjson_bytes: int = 1 << 30
     """Uncompressed NDJSON bytes per chunk (the gzip file is typically 5-10x smaller)."""
-    gzip_level: int = 2
-    """ISA-L level (0-3): level 2 is near zlib level 6 in size at several times the speed."""
+    gzip_level: int = 3
+    """0-3. Levels 0-2 are ISA-L's (fastest; level 2 is about 1.34x zlib level 6's size on
+    customer records). Level 3 is zlib-ng's level 3: about 1.23x zlib-6's size at a third of
+    ISA-L level 2's speed (ISA-L's own level 3 is as slow and no smaller). See benchmarks/README."""
 
     def __post_init__(self) -> None:
         if self.max_records < 1:
@@ -103,25 +115,51 @@ class ChunkInfo:
         }
 
 
-class _OpenChunk:
-    """One chunk being written: compressor, hashes and the temp file."""
+def deflate_block(data: bytes | memoryview, level: int) -> bytes:
+    """Raw deflate of ``data`` ending in a sync flush: a block that concatenates with others."""
+    if level >= 3:
+        ng = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _RAW_DEFLATE)
+        return b"".join((ng.compress(data), ng.flush(zlib_ng.Z_SYNC_FLUSH)))
+    fast = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _RAW_DEFLATE)
+    return b"".join((fast.compress(data), fast.flush(isal_zlib.Z_SYNC_FLUSH)))
 
-    def __init__(self, final: Path, index: int, level: int) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Encoded records with their deflated bytes, made ahead (on a worker thread) for one chunk."""
+
+    rows: EncodedRows
+    deflated: bytes
+    crc: int
+    level: int
+
+    @classmethod
+    def make(cls, rows: EncodedRows, level: int) -> Block:
+        raw = rows.slice_bytes(0, rows.count)
+        return cls(rows, deflate_block(raw, level), zlib_ng.crc32(raw), level)
+
+
+class _OpenChunk:
+    """One chunk being written: gzip framing, CRC, hashes and the temp file."""
+
+    def __init__(self, final: Path, index: int) -> None:
         self.final = final
         self.index = index
         self.tmp = temp_path_for(final)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        self.compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _WBITS_GZIP)
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sha256 = hashlib.sha256()
+        self.crc = 0
         self.records = 0
         self.raw_bytes = 0
         self.size = 0
+        self._emit(_GZIP_HEADER)
 
-    def write(self, data: memoryview, records: int) -> None:
-        self._emit(self.compressor.compress(data))
+    def write(self, deflated: bytes, crc: int, raw_bytes: int, records: int) -> None:
+        self._emit(deflated)
+        self.crc = zlib_ng.crc32_combine(self.crc, crc, raw_bytes)
         self.records += records
-        self.raw_bytes += len(data)
+        self.raw_bytes += raw_bytes
 
     def _emit(self, out: bytes) -> None:
         if not out:
@@ -134,7 +172,8 @@ class _OpenChunk:
         self.size += len(out)
 
     def close(self) -> ChunkInfo:
-        self._emit(self.compressor.flush())
+        trailer = self.crc.to_bytes(4, "little") + (self.raw_bytes & 0xFFFFFFFF).to_bytes(4, "little")
+        self._emit(_FINAL_BLOCK + trailer)
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
@@ -173,8 +212,15 @@ class ChunkWriter:
         self.chunks: list[ChunkInfo] = []
         self._open: _OpenChunk | None = None
 
-    def write(self, rows: EncodedRows) -> None:
-        """Append ``rows``, starting new chunks at the record and byte limits."""
+    def write(self, rows: EncodedRows | Block) -> None:
+        """Append records, starting new chunks at the record and byte limits.
+
+        A :class:`Block` that fits the open chunk whole is written as it is; otherwise (and for
+        plain rows) each piece is deflated here, so the bytes are the same either way.
+        """
+        block = rows if isinstance(rows, Block) else None
+        if isinstance(rows, Block):
+            rows = rows.rows
         start = 0
         try:
             while start < rows.count:
@@ -183,7 +229,11 @@ class ChunkWriter:
                 if stop == start:  # the next record does not fit beside what the chunk holds
                     self._close()
                     continue
-                chunk.write(rows.slice_bytes(start, stop), stop - start)
+                if block is not None and start == 0 and stop == rows.count and block.level == self.level:
+                    chunk.write(block.deflated, block.crc, rows.nbytes, rows.count)
+                else:
+                    raw = rows.slice_bytes(start, stop)
+                    chunk.write(deflate_block(raw, self.level), zlib_ng.crc32(raw), len(raw), stop - start)
                 start = stop
                 if (
                     chunk.records >= self.limits.max_records
@@ -194,10 +244,14 @@ class ChunkWriter:
             self.abort()
             raise StorageError(f"cannot write chunk in {self.out_dir}: {exc.strerror or exc}") from exc
 
+    @property
+    def level(self) -> int:
+        return self.limits.gzip_level
+
     def _current(self) -> _OpenChunk:
         if self._open is None:
             index = len(self.chunks) + 1
-            self._open = _OpenChunk(self.out_dir / self.naming.filename(index), index, self.limits.gzip_level)
+            self._open = _OpenChunk(self.out_dir / self.naming.filename(index), index)
         return self._open
 
     def _fit(self, rows: EncodedRows, start: int, chunk: _OpenChunk) -> int:

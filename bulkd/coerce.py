@@ -176,14 +176,17 @@ def calendar_ok(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.BooleanArr
     Integer arithmetic in numpy (leap years included): a strptime/strftime round trip cost ten
     times as much.
     """
-    y, m, d = (
-        pc.fill_null(_cast_or_null(part, pa.int32()), 0).to_numpy(zero_copy_only=False)
-        for part in (year, month, day)
-    )
+    y, m, d = (_digits_or_zero(part) for part in (year, month, day))
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
     month_ok = (m >= 1) & (m <= 12)
     days = _DAYS_IN_MONTH[np.where(month_ok, m, 0)] + ((m == 2) & leap)
     return pa.array(month_ok & (y >= 1) & (y <= 9999) & (d >= 1) & (d <= days))
+
+
+def _digits_or_zero(text: pa.Array) -> np.ndarray:
+    """ASCII digit strings as numbers; anything else (empty, null, other scripts) as 0."""
+    digits = pc.if_else(pc.ascii_is_decimal(text), text, pa.scalar(None, text.type))
+    return pc.fill_null(pc.cast(digits, pa.int64()), 0).to_numpy(zero_copy_only=False)
 
 
 def to_date(arr: pa.Array) -> Coerced:

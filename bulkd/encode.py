@@ -91,20 +91,61 @@ def _encode(arr: pa.Array) -> pa.Array:
     return _encode_python(arr)
 
 
-def _member(key: str, value: pa.Array) -> list[pa.Array | str]:
+Parts = list[pa.Array | str]
+"""Arguments of one ``binary_join_element_wise`` call: arrays and constant text."""
+
+
+def _member(key: str, value: pa.Array) -> Parts:
     """Join arguments that write ``,"key":value``, all null where the value is absent.
 
     A value with no nulls needs no fragment of its own: its key goes into the object's join as
-    a constant, which saves a pass over the bytes.
+    a constant, and so do the braces and keys of a nested object (inlined), which saves a pass
+    over the bytes each.
     """
     prefix = "," + orjson.dumps(key).decode() + ":"
+    inner = _object_parts(value) if pa.types.is_struct(value.type) else None
     if pa.types.is_string(value.type) or pa.types.is_large_string(value.type):
-        parts: list[pa.Array | str] = [prefix + '"', _escaped(value), '"']
+        parts: Parts = [prefix + '"', _escaped(value), '"']
+    elif inner is not None:
+        parts = [prefix, *inner, "}"]
     else:
         parts = [prefix, _encode(value)]
     if value.null_count == 0:
         return parts
-    return [pc.binary_join_element_wise(*parts, "")]
+    return [pc.binary_join_element_wise(*_merged(parts), "")]
+
+
+def _object_parts(arr: pa.StructArray) -> Parts | None:
+    """Join arguments writing each row's ``{...`` (without the closing brace), or None.
+
+    None when a row is null or the first member can be absent: its leading comma would then
+    have to become the brace row by row, which :func:`_encode_struct` does instead.
+    """
+    if arr.null_count or arr.type.num_fields == 0 or arr.field(0).null_count:
+        return None
+    parts: Parts = []
+    for i, field in enumerate(arr.type):
+        parts.extend(_member(field.name, arr.field(i)))
+    first = parts[0]
+    assert isinstance(first, str)  # a member without nulls starts with its constant key
+    parts[0] = "{" + first[1:]
+    return parts
+
+
+def _merged(parts: Parts) -> Parts:
+    """Adjacent constants as one (fewer arguments make the join faster)."""
+    out: Parts = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part)
+    return out
+
+
+def _join_present(parts: Parts) -> pa.Array:
+    """Concatenate the parts row by row; absent members (null fragments) write nothing."""
+    return pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
 
 
 def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
@@ -113,19 +154,21 @@ def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
     One join writes ``,"k1":v1,"k2":v2}`` (absent members are empty strings), then the leading
     comma becomes the opening brace (written directly when the first member is never absent).
     """
+    inline = _object_parts(arr)
+    if inline is not None:
+        return _join_present(_merged([*inline, close]))
     n = len(arr)
     children = [arr.field(i) for i in range(arr.type.num_fields)]
     empty = "{" + close
     if not children:
         text = pa.repeat(pa.scalar(empty), n)
     else:
-        parts: list[pa.Array | str] = []
+        parts: Parts = []
         for field, child in zip(arr.type, children, strict=True):
             parts.extend(_member(field.name, child))
-        if isinstance(parts[0], str):  # the first member is always there: it opens the brace
-            parts[0] = "{" + parts[0][1:]
-        body = pc.binary_join_element_wise(*parts, close, "", null_handling="replace", null_replacement="")
-        text = body if isinstance(parts[0], str) else pc.binary_replace_slice(body, 0, 1, "{")
+        parts = _merged([*parts, close])
+        body = _join_present(parts)
+        text = pc.binary_replace_slice(body, 0, 1, "{")
         if all(c.null_count for c in children):  # rows with no member at all read "{" + close
             none = children[0].is_null()
             for child in children[1:]:

@@ -295,12 +295,22 @@ class RecordChecker:
         self.fast = FastChecker(record_type)
         self.compiled = compile_validator(record_type)
 
-    def verdict(self, input_name: str, records: pa.Array, lines: pa.Int64Array) -> Verdict:
-        """Validate ``records``; ``lines[i]`` is the source line reported for row ``i``."""
+    def verdict(
+        self, input_name: str, records: pa.Array, lines: pa.Int64Array, skip: pa.BooleanArray | None = None
+    ) -> Verdict:
+        """Validate ``records``; ``lines[i]`` is the source line reported for row ``i``.
+
+        Rows set in ``skip`` (already rejected upstream) are neither valid nor explained again,
+        which saves filtering the batch before validation.
+        """
         ok = self.fast.check(records)
-        if pc.all(ok).as_py() is not False:
+        doubtful = pc.invert(ok)
+        if skip is not None:
+            ok = pc.and_not(ok, skip)
+            doubtful = pc.and_not(doubtful, skip)
+        if not pc.any(doubtful).as_py():
             return Verdict(ok, (), 0)
-        suspects = pc.indices_nonzero(pc.invert(ok))
+        suspects = pc.indices_nonzero(doubtful)
         texts = encode_records(records.take(suspects)).to_pylist()
         line_of = lines.take(suspects).to_pylist()
         flags = ok.to_numpy(zero_copy_only=False).copy()
