@@ -42,9 +42,6 @@ Progress = Callable[[int, int], None]
 """Called after each batch with (rows so far, input bytes so far)."""
 
 _PARTITION_INPUT_BYTES = 64 << 20
-_WORK_ROWS = 16_384
-"""Rows per unit of work handed to a thread: small enough that a few units in flight stay within
-the memory budget, large enough that the per-unit Python overhead (~200 kernel calls) is noise."""
 
 T = TypeVar("T")
 
@@ -66,6 +63,10 @@ class ConvertSettings:
     workers: int | None = None
     """Threads that map, validate, encode and compress (None: one per CPU, at most 4; 0: none,
     all on the calling thread). Output bytes do not depend on it."""
+    work_rows: int = 16_384
+    """Rows per unit of work (and per deflate block): small enough that the few units in flight
+    stay within the memory budget, large enough that per-unit overhead (~200 kernel calls) is
+    noise. Output bytes depend on it (block boundaries), as on the compression level."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +316,7 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
         for raw in batches:
             batch = _flat(source, raw)
             plan = plan_for(batch.data)
-            for piece in _slices(batch, _WORK_ROWS):
+            for piece in _slices(batch, run.settings.work_rows):
                 for done in ordered.submit(lambda plan=plan, piece=piece: work(plan, piece)):
                     run.deliver(done)
         for done in ordered.drain():

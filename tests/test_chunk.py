@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 from bulkd.chunk import ChunkLimits, ChunkNaming
 from bulkd.cli import main
 from bulkd.errors import ConfigError
-from bulkd.pipeline import FileResult
+from bulkd.pipeline import ConvertSettings, FileResult, convert_file
+from bulkd.schemas import load_record_type
 
 Convert = Callable[..., FileResult]
 Records = Callable[[FileResult], list[dict[str, object]]]
@@ -117,3 +120,67 @@ def test_record_larger_than_the_byte_limit_gets_its_own_chunk(
     assert len(big) == 1
     assert result.chunks[sizes.index(big[0])].records == 1
     assert len(chunk_records(result)) == 12
+
+
+def _settings(workers: int, limits: ChunkLimits) -> ConvertSettings:
+    return ConvertSettings(
+        record_type=load_record_type("customer_record"),
+        dataset_id="ds1",
+        timestamp="1700000000",
+        limits=limits,
+        workers=workers,
+        work_rows=700,
+    )
+
+
+def _mixed_customers(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "mixed.csv"
+    lines = ["link.email,first_name,date_of_birth,employee_flag"]
+    for i in range(n):
+        dob = "1990-02-31" if i % 97 == 0 else f"19{50 + i % 40}-0{1 + i % 9}-1{i % 9}"
+        flag = "maybe" if i % 101 == 0 else ("yes", "no", "")[i % 3]
+        lines.append(f'u{i}@example.com,"Name, {i} ""q""",{dob},{flag}')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_chunk_bytes_do_not_depend_on_threads(tmp_path: Path, level: int) -> None:
+    """Units deflated on worker threads, or pieces deflated at a chunk split, give the same bytes."""
+    src = _mixed_customers(tmp_path, 5000)
+    limits = ChunkLimits(max_records=1700, gzip_level=level)
+    results = []
+    for workers in (0, 1, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        results.append(convert_file(src, out, _settings(workers, limits)))
+    digests = [[c.sha256_hex for c in r.chunks] for r in results]
+    assert digests[0] == digests[1] == digests[2]
+    first = results[0]
+    assert first.rows == 5000 == first.rows_delivered + first.rejected
+    assert first.rejected > 0
+    assert [c.records for c in first.chunks][:2] == [1700, 1700]
+    for chunk in first.chunks:
+        data = chunk.path.read_bytes()
+        # one gzip member (a reader that stops after the first member still sees every record)
+        single = zlib.decompressobj(31)
+        raw = single.decompress(data)
+        assert single.eof
+        assert not single.unused_data
+        assert raw.count(b"\n") == chunk.records
+        assert raw == gzip.decompress(data)
+
+
+def test_cancelling_progress_leaves_no_thread_and_no_chunk(tmp_path: Path) -> None:
+    src = _mixed_customers(tmp_path, 5000)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = {t.ident for t in threading.enumerate()}
+
+    def progress(_rows: int, _bytes: int) -> None:
+        raise KeyboardInterrupt  # units of the first batch are in flight on the workers
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_file(src, out, _settings(2, ChunkLimits(max_records=500)), progress=progress)
+    assert {t.ident for t in threading.enumerate()} <= before
+    assert list(out.iterdir()) == []

@@ -148,3 +148,14 @@ def test_string_lists() -> None:
     got = coerce.to_string_list(_texts(['["a","b"]', "x|y||z", "solo", '["a", 1]', "[oops", None]), "|")
     assert got.values.to_pylist() == [["a", "b"], ["x", "y", "z"], ["solo"], None, None, None]
     assert got.bad.to_pylist() == [False, False, False, True, True, False]
+
+
+def test_calendar_ok_leap_years_and_non_digits() -> None:
+    years = pa.array(["2024", "2023", "1900", "2000", "0000", "", None, "２０２４", "2024", "2024"])
+    months = pa.array(["02", "02", "02", "02", "01", "01", "01", "01", "13", "00"])
+    days = pa.array(["29", "29", "29", "29", "01", "01", "01", "01", "01", "01"])
+    assert coerce.calendar_ok(years, months, days).to_pylist() == [
+        *(True, False, False, True),  # leap years: every 4th, not centuries, but every 400th
+        *(False, False, False, False),  # year 0, empty, absent, non-ASCII digits
+        *(False, False),  # month out of range
+    ]
