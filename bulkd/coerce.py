@@ -186,7 +186,8 @@ def calendar_ok(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.BooleanArr
 def _digits_or_zero(text: pa.Array) -> np.ndarray:
     """ASCII digit strings as numbers; anything else (empty, null, other scripts) as 0."""
     digits = pc.if_else(pc.ascii_is_decimal(text), text, pa.scalar(None, text.type))
-    return pc.fill_null(pc.cast(digits, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    numbers: np.ndarray = pc.fill_null(pc.cast(digits, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    return numbers
 
 
 def to_date(arr: pa.Array) -> Coerced:

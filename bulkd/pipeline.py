@@ -8,6 +8,7 @@ refusal (:class:`InputError`) or a reject ratio above the threshold leaves no ch
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -317,7 +318,7 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
             batch = _flat(source, raw)
             plan = plan_for(batch.data)
             for piece in _slices(batch, run.settings.work_rows):
-                for done in ordered.submit(lambda plan=plan, piece=piece: work(plan, piece)):
+                for done in ordered.submit(functools.partial(work, plan, piece)):
                     run.deliver(done)
         for done in ordered.drain():
             run.deliver(done)
