@@ -54,22 +54,15 @@ class Parts:
 
 @pytest.fixture
 async def parts(tmp_path: Path, sim: RunningSimulator) -> AsyncIterator[Parts]:
-    overrides = {"convert": {"chunk_max_records": 20}, "upload": {"concurrency": 1, "max_attempts": 1}}
+    overrides = {"convert": {"chunk_max_records": 20}}
     path = tmp_path / "bulkd.toml"
     path.write_text(dump_toml(merge(base_settings(tmp_path / "data", sim.base_url), overrides)))
     config = load_config(path, {"BULKD_API_TOKEN": TOKEN})
     for directory in (config.work_dir, config.done_dir, config.failed_dir, config.spool_dir):
         directory.mkdir(parents=True)
-    up = config.upload
+    # One upload at a time, one attempt each: fault draws decide each chunk's fate in order.
     settings = UploadSettings(
-        api_url=sim.base_url,
-        token=Secret(TOKEN),
-        concurrency=up.concurrency,
-        requests_per_second=up.requests_per_second,
-        max_attempts=up.max_attempts,
-        backoff_base=up.backoff_base,
-        backoff_cap=up.backoff_cap,
-        require_https=False,
+        sim.base_url, Secret(TOKEN), concurrency=1, max_attempts=1, backoff_base=0.01, require_https=False
     )
     ledger = await AsyncLedger.open(config.state_dir)
     try:

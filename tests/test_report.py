@@ -47,18 +47,9 @@ CHUNK_KEYS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 0.5
-        return self.now
-
-
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    led = Ledger(tmp_path / "state", clock=Clock())
+    led = Ledger(tmp_path / "state")
     yield led
     led.close()
 
@@ -66,21 +57,27 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 JOB = "0123456789abcdef0123-89abcdef"
 
 
+def add_job(ledger: Ledger, **fields: object) -> None:
+    """Record job ``JOB`` and start converting it."""
+    values: dict[str, object] = {
+        "job_id": JOB,
+        "source_name": "crm/customer_record/export.csv",
+        "dataset_id": "crm",
+        "record_type": "customer_record",
+        "profile": None,
+        "content_sha256": "c" * 64,
+        "size": 4096,
+        "device": 1,
+        "inode": 2,
+        "claimed_path": f"/var/work/{JOB}.csv",
+    }
+    ledger.add_job(**(values | fields))
+    ledger.transition_job(JOB, JobState.CONVERTING)
+
+
 def delivered_job(ledger: Ledger, *, lost_reply: bool = False) -> None:
     """A job of 100 rows: 2 chunks of 45 records delivered, 10 rows rejected by two rules."""
-    ledger.add_job(
-        job_id=JOB,
-        source_name="crm/customer_record/export.csv",
-        dataset_id="crm",
-        record_type="customer_record",
-        profile=None,
-        content_sha256="c" * 64,
-        size=4096,
-        device=1,
-        inode=2,
-        claimed_path=f"/var/work/{JOB}.csv",
-    )
-    ledger.transition_job(JOB, JobState.CONVERTING)
+    add_job(ledger)
     for index in (1, 2):
         ledger.add_chunk(
             JOB,
@@ -152,19 +149,7 @@ def test_reports_are_byte_stable(ledger: Ledger) -> None:
 
 
 def test_a_failed_job_reports_its_error_and_undelivered_chunks(ledger: Ledger) -> None:
-    ledger.add_job(
-        job_id=JOB,
-        source_name="a.csv",
-        dataset_id="d",
-        record_type="product",
-        profile="profiles/p.toml",
-        content_sha256="d" * 64,
-        size=10,
-        device=1,
-        inode=3,
-        claimed_path=f"/w/{JOB}.csv",
-    )
-    ledger.transition_job(JOB, JobState.CONVERTING)
+    add_job(ledger, record_type="product", profile="profiles/p.toml")
     ledger.add_chunk(
         JOB, 1, filename="f.ndjson.gz", path="/s/f", records=5, bytes=50, md5="0" * 32, sha256="0" * 64
     )
