@@ -18,6 +18,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bulkd.durable import CRASHPOINT_ENV
 from bulkd.errors import ConfigError
 from bulkd.schemas import RECORD_TYPES
 from bulkd.secret import Secret
@@ -269,6 +271,10 @@ def _overlay_env(doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
     Returns the dotted keys that came from the environment, with their variable names.
     """
     used: dict[str, str] = {}
+    known = _known_variables()
+    for variable in sorted(env):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            raise ConfigError(variable, "unknown bulkd variable (see config/bulkd.example.toml for the keys)")
     for name, field in _Document.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, _Section):
@@ -284,6 +290,19 @@ def _overlay_env(doc: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
             doc[name] = value
             used[name] = _env_name(None, name)
     return used
+
+
+def _known_variables() -> frozenset[str]:
+    """Every ``BULKD_*`` variable bulkd reads: one per key, plus secrets and the test crash point."""
+    names = {CRASHPOINT_ENV, _API_TOKEN_ENV, f"{_API_TOKEN_ENV}_FILE"}
+    names |= {_STATUS_TOKEN_ENV, f"{_STATUS_TOKEN_ENV}_FILE"}
+    for name, field in _Document.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            names |= {_env_name(name, key) for key in annotation.model_fields if key != "routes"}
+        else:
+            names.add(_env_name(None, name))
+    return frozenset(names)
 
 
 def _env_value(value: str, annotation: Any) -> Any:
@@ -367,4 +386,11 @@ def _secret(env: Mapping[str, str], variable: str, file_key: Path | None, key: s
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    """Only literal loopback addresses and ``localhost``: a name such as ``127.x.example`` may
+    resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

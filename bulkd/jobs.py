@@ -44,9 +44,9 @@ from bulkd.schemas import load_record_type
 from bulkd.upload import ChunkUpload, Uploader
 
 __all__ = [
-    "ConversionCancelled",
     "DeliveryDeferred",
     "JobEvent",
+    "JobInterrupted",
     "JobRunner",
     "Listener",
     "LiveJob",
@@ -85,8 +85,9 @@ class JobEvent:
 Listener = Callable[[JobEvent], None]
 
 
-class ConversionCancelled(Exception):
-    """Raised inside a conversion thread when the daemon shuts down; the job resumes next start."""
+class JobInterrupted(Exception):
+    """The daemon is stopping: raised between steps and inside a conversion thread (at its next
+    batch). The job stays in its recorded state and resumes at the next start."""
 
 
 class DeliveryDeferred(Exception):
@@ -146,8 +147,8 @@ class JobRunner:
         """Advance the job until it ends or has to wait (returns the job as it then stands).
 
         Raises:
-            DeliveryDeferred: delivery must be tried again later.
-            ConversionCancelled: the daemon is stopping.
+            DeliveryDeferred: delivery must be tried again later (or the daemon is stopping).
+            JobInterrupted: the daemon is stopping.
         """
         job = await self.ledger.run(Ledger.get_job, job_id)
         self.live[job_id] = LiveJob(
@@ -155,6 +156,8 @@ class JobRunner:
         )
         try:
             while job.state in _ACTIVE:
+                if self.stopping.is_set() and job.state is not JobState.DELIVERED:
+                    raise JobInterrupted(job_id)
                 job = await self._step(job)
                 self.live[job_id].phase = job.state
             if job.report_path is None:
@@ -259,7 +262,7 @@ class JobRunner:
             live.rows, live.bytes_read = rows, bytes_read
             crashpoint(CONVERT_BATCH)
             if self.stopping.is_set():
-                raise ConversionCancelled(job.job_id)
+                raise JobInterrupted(job.job_id)
 
         def work() -> FileResult:
             shutil.rmtree(out, ignore_errors=True)

@@ -421,16 +421,19 @@ class Ledger:
         return bool(self._query(sql, (content_sha256, JobState.DELIVERED.value, JobState.ARCHIVED.value)))
 
     def original_of(self, job_id: str) -> JobRecord | None:
-        """An earlier job with the same content that is delivered or still on its way (not failed).
+        """An earlier job with the same content for the same dataset and record type that is
+        delivered or still on its way (not failed).
 
         Two copies of one export dropped together must not both be loaded, so a job in progress
-        counts as well as a delivered one."""
+        counts as well as a delivered one. The same file sent to another dataset is not a copy."""
         job = self.get_job(job_id)
         sql = (
-            "SELECT * FROM jobs WHERE content_sha256=? AND job_id!=? AND state NOT IN (?,?)"
+            "SELECT * FROM jobs WHERE content_sha256=? AND dataset_id=? AND record_type=?"
+            " AND job_id!=? AND state NOT IN (?,?)"
             " AND (created_at < ? OR (created_at = ? AND job_id < ?)) ORDER BY created_at LIMIT 1"
         )
-        params = (job.content_sha256, job_id, JobState.FAILED.value, JobState.DUPLICATE.value)
+        same = (job.content_sha256, job.dataset_id, job.record_type, job_id)
+        params = (*same, JobState.FAILED.value, JobState.DUPLICATE.value)
         rows = self._query(sql, (*params, job.created_at, job.created_at, job_id))
         return _job(rows[0]) if rows else None
 

@@ -32,10 +32,11 @@ from importlib import resources
 from typing import Any
 
 from bulkd.config import Config
+from bulkd.durable import remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
-from bulkd.jobs import ConversionCancelled, DeliveryDeferred, JobEvent, JobRunner, sweep_spool
+from bulkd.jobs import DeliveryDeferred, JobEvent, JobInterrupted, JobRunner, sweep_spool
 from bulkd.ledger import AsyncLedger, JobRecord, JobState, Ledger
 from bulkd.secret import Secret
 from bulkd.upload import Uploader, UploadSettings
@@ -132,6 +133,8 @@ class Service:
         """Begin a graceful stop (what SIGTERM does)."""
         self.stopping.set()
         self._stop.set()
+        if self._parts is not None:
+            self._parts.uploader.stop_starting()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -169,6 +172,9 @@ class Service:
         await asyncio.to_thread(self._prepare_directories)
         ledger = await AsyncLedger.open(conf.state_dir)
         stack.push_async_callback(ledger.close)
+        # Only now, holding the instance lock: temp files of a crashed report or archive move.
+        for directory in (conf.done_dir, conf.failed_dir):
+            await asyncio.to_thread(remove_temp_files, directory)
         simulator = await self._simulator(stack)
         upload_settings = self._upload_settings(simulator)
         uploader = await stack.enter_async_context(Uploader(upload_settings))
@@ -408,7 +414,7 @@ class Service:
                     self._incomplete = True
             elif isinstance(exc, DeliveryDeferred):
                 self._defer(job_id, str(exc))
-            elif isinstance(exc, ConversionCancelled):
+            elif isinstance(exc, JobInterrupted):
                 continue
             elif isinstance(exc, StorageError | OSError):
                 self.intake_paused = f"storage trouble: {exc}"

@@ -336,6 +336,7 @@ class Uploader:
         self._rate = TokenBucket(settings.requests_per_second)
         self._budgets: dict[str, RetryBudget] = {}
         self._paused = asyncio.Event()
+        self._stopping = False
         self._pause_reason = ""
         self._session: aiohttp.ClientSession | None = None
         self._create_url = URL(settings.api_url.rstrip("/") + "/v1/uploads")
@@ -365,6 +366,11 @@ class Uploader:
         """Set while paused, for tasks that want to wait on it."""
         return self._paused
 
+    def stop_starting(self) -> None:
+        """Let uploads already under way finish (retries included), but start no new one: on
+        SIGTERM the rest waits for the next start rather than racing the shutdown deadline."""
+        self._stopping = True
+
     def resume(self) -> None:
         """Clear the pause (after the operator fixed the token and restarted delivery)."""
         self._paused.clear()
@@ -385,6 +391,8 @@ class Uploader:
         """
         self._raise_if_paused()
         async with self._slots:
+            if self._stopping:
+                raise TransientUploadError(f"{chunk.filename}: not started, bulkd is stopping")
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:

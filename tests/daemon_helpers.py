@@ -573,16 +573,19 @@ def check_store(
     """
     files = list(files)
     objects = sim.objects()
-    keys_by_sha: dict[str, list[str]] = {}
+    # Object keys are "<upload id>-<chunk filename>"; equal bytes may belong to two datasets'
+    # chunks, so objects are matched to chunks by name, then checked by hash.
+    keys_by_chunk: dict[str, list[str]] = {}
     for key, body in objects.items():
-        keys_by_sha.setdefault(hashlib.sha256(body).hexdigest(), []).append(key)
-    chunks = {c["sha256"]: (r, c) for r in reports.values() for c in r["chunks"]}
-    stray = set(keys_by_sha) - set(chunks)
-    assert not stray, f"objects that are no delivered chunk: {[keys_by_sha[s] for s in stray]}"
-    assert set(chunks) <= set(keys_by_sha), "a delivered chunk is missing from the store"
+        name = key.split("-", 1)[1]
+        keys_by_chunk.setdefault(f"{name}:{hashlib.sha256(body).hexdigest()}", []).append(key)
+    chunks = {f"{c['filename']}:{c['sha256']}": (r, c) for r in reports.values() for c in r["chunks"]}
+    stray = set(keys_by_chunk) - set(chunks)
+    assert not stray, f"objects that are no delivered chunk: {[keys_by_chunk[s] for s in stray]}"
+    assert set(chunks) <= set(keys_by_chunk), "a delivered chunk is missing from the store"
     got: dict[str, Counter[bytes]] = {}
-    for sha, keys in keys_by_sha.items():
-        report, chunk = chunks[sha]
+    for ident, keys in keys_by_chunk.items():
+        report, chunk = chunks[ident]
         assert f"{chunk['upload_id']}-{chunk['filename']}" in keys
         assert {k.split("-", 1)[0] for k in keys} <= set(chunk["upload_ids"])
         if not reput_ok:

@@ -119,11 +119,6 @@ def test_duplicate_content_is_reported_not_uploaded_again(tmp_path: Path, sim: S
     check_clean(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ledger.original_of matches on content_sha256 alone, so the same file routed to another "
-    "dataset is reported as a duplicate and its records never reach that dataset",
-)
 def test_same_content_for_two_datasets_reaches_both(tmp_path: Path, sim: SimThread) -> None:
     daemon = Daemon.create(tmp_path, sim)
     first = customer_csv("dsone/customer_record/a.csv", 50, tag="shared")
@@ -305,11 +300,6 @@ def test_a_second_signal_exits_at_once_and_a_restart_finishes(tmp_path: Path, si
     _finish_after_stop(daemon, sim, files)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobRunner._deliver gathers every pending chunk at once and the shutdown grace waits for "
-    "whole job tasks, so after SIGTERM queued chunks still start new create-upload requests",
-)
 def test_sigterm_starts_no_new_uploads(tmp_path: Path, sim: SimThread) -> None:
     daemon, _ = _slow_delivery_setup(tmp_path, sim, grace=3.0)
     with daemon.start() as running:

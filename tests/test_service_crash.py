@@ -115,12 +115,6 @@ def test_sigkill_at_crash_point_then_restart(tmp_path: Path, sim: SimThread, cra
     assert_no_secrets(daemon, sim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a crash between fsync and rename in write_report (durable.write_atomic) leaves "
-    "done/.<job>.report.json.<hex>.tmp; the service sweeps temp files in work_dir and the spool "
-    "at start, never in done_dir/failed_dir",
-)
 def test_sigkill_while_writing_a_report_leaves_no_temp_file(tmp_path: Path, sim: SimThread) -> None:
     daemon = Daemon.create(tmp_path, sim)
     only = customer_csv("dsrep/customer_record/a.csv", 50)
