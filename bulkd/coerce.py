@@ -183,10 +183,17 @@ def calendar_ok(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.BooleanArr
     return pa.array(month_ok & (y >= 1) & (y <= 9999) & (d >= 1) & (d <= days))
 
 
+def _digits(text: pa.Array) -> pa.Array:
+    """Short ASCII digit strings (regex groups) as numbers; anything else (empty, other scripts) null.
+
+    Regex groups of rows that did not match are empty strings, not nulls: casting them would
+    fail and send the whole array down the per-value path.
+    """
+    return pc.cast(pc.if_else(pc.ascii_is_decimal(text), text, pa.scalar(None, text.type)), pa.int64())
+
+
 def _digits_or_zero(text: pa.Array) -> np.ndarray:
-    """ASCII digit strings as numbers; anything else (empty, null, other scripts) as 0."""
-    digits = pc.if_else(pc.ascii_is_decimal(text), text, pa.scalar(None, text.type))
-    numbers: np.ndarray = pc.fill_null(pc.cast(digits, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    numbers: np.ndarray = pc.fill_null(_digits(text), 0).to_numpy(zero_copy_only=False)
     return numbers
 
 
@@ -241,7 +248,7 @@ def _normal_offset(tz: pa.Array, style: DateTimeStyle) -> pa.Array:
 
 def _clock_ok(hh: pa.Array, mi: pa.Array, ss: pa.Array, tz: pa.Array) -> pa.BooleanArray:
     def in_range(text: pa.Array, top: int) -> pa.BooleanArray:
-        return pc.less_equal(_cast_or_null(text, pa.int32()), top)
+        return pc.less_equal(_digits(text), top)
 
     ok = pc.and_(pc.and_(in_range(hh, 23), in_range(mi, 59)), in_range(ss, 59))
     off = pc.extract_regex(tz, r"^[+-](?P<h>\d{2}):(?P<m>\d{2})$")
