@@ -90,3 +90,20 @@ def test_no_ledger_yet_means_no_jobs(tmp_path: Path) -> None:
     done = bulkd_status(write_config(tmp_path), "--json", port=1)
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout) == {"source": "ledger", "overview": None, "jobs": []}
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKD_")}
+    env["BULKD_STATUS_HOST"] = "0.0.0.0"
+    done = subprocess.run(
+        [str(BULKD), "run", "--once", "--config", str(write_config(tmp_path))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "status.host" in done.stderr
+    assert "BULKD_STATUS_TOKEN" in done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was touched
