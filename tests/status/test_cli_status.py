@@ -12,20 +12,20 @@ import orjson
 from running import BULKD, STATUS_TOKEN, Daemon, customers_csv, start_daemon, write_config
 
 
-def bulkd_status(config: Path, *args: str, port: int | None = None, token: str | None = None) -> Any:
+def bulkd(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """Run the console script with only the given ``BULKD_*`` variables set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKD_")}
-    if port is not None:
-        env["BULKD_STATUS_PORT"] = str(port)
-    if token is not None:
-        env["BULKD_STATUS_TOKEN"] = token
+    env.update({f"BULKD_{name.upper()}": value for name, value in variables.items()})
     return subprocess.run(
-        [str(BULKD), "status", "--config", str(config), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [str(BULKD), *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def bulkd_status(config: Path, *args: str, port: int | None = None, token: str | None = None) -> Any:
+    variables = {"status_port": str(port)} if port is not None else {}
+    if token is not None:
+        variables["status_token"] = token
+    return bulkd("status", "--config", str(config), *args, **variables)
 
 
 def port_of(daemon: Daemon) -> int:
@@ -93,16 +93,7 @@ def test_no_ledger_yet_means_no_jobs(tmp_path: Path) -> None:
 
 
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULKD_")}
-    env["BULKD_STATUS_HOST"] = "0.0.0.0"
-    done = subprocess.run(
-        [str(BULKD), "run", "--once", "--config", str(write_config(tmp_path))],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = bulkd("run", "--once", "--config", str(write_config(tmp_path)), status_host="0.0.0.0")
     assert done.returncode == 2
     assert "status.host" in done.stderr
     assert "BULKD_STATUS_TOKEN" in done.stderr
