@@ -14,7 +14,6 @@ sending a purchase without one of its lines would be silently wrong.
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,22 @@ class GroupedRecords:
 
     records: pa.StructArray
     first_lines: pa.Int64Array
-    member_lines: list[list[int]]
-    """Lines of every row of each group (to reject them all if the record is refused)."""
+    lines: np.ndarray
+    """Source lines of the partition's rows, grouped: group ``i`` holds ``lines[starts[i]:stops[i]]``."""
+    starts: np.ndarray
+    stops: np.ndarray
     rejects: tuple[Reject, ...]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Rows per group."""
+        sizes: np.ndarray = self.stops - self.starts
+        return sizes
+
+    def member_lines(self, group: int) -> list[int]:
+        """Lines of every row of a group (to reject them all if the record is refused)."""
+        lines: list[int] = self.lines[self.starts[group] : self.stops[group]].tolist()
+        return lines
 
 
 class Partitions:
@@ -77,9 +89,7 @@ class Partitions:
         return rows
 
     def _spill(self, table: pa.Table) -> None:
-        parts = np.array(
-            [zlib.crc32(k.encode()) % self.count for k in table.column("__key").to_pylist()], dtype=np.int64
-        )
+        parts = _key_hash(table.column("__key").combine_chunks()) % np.uint64(self.count)
         for part in np.unique(parts):
             piece = table.filter(pa.array(parts == part))
             writer = self._writers.get(int(part))
@@ -129,38 +139,74 @@ def _reasons(mapped: MappedBatch) -> pa.Array:
     return pa.array(texts, pa.string())
 
 
+def _key_hash(keys: pa.Array) -> np.ndarray:
+    """A stable hash of each (non-empty) key's bytes, computed in numpy: position-weighted byte sums."""
+    if pa.types.is_large_string(keys.type):
+        keys = keys.cast(pa.string())
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32, count=len(keys) + 1, offset=keys.offset * 4)
+    data = keys.buffers()[2]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if data is None or hi == lo:
+        return np.zeros(len(keys), dtype=np.uint64)
+    raw = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo).astype(np.uint64)
+    lengths = np.diff(offsets).astype(np.int64)
+    pos = np.arange(hi - lo, dtype=np.uint64) - np.repeat((offsets[:-1] - lo).astype(np.uint64), lengths)
+    weighted = raw * (pos * np.uint64(2654435761) + np.uint64(40503))
+    starts = np.minimum(offsets[:-1] - lo, hi - lo - 1)
+    sums = np.add.reduceat(weighted, starts) * (lengths > 0)
+    mixed: np.ndarray = sums ^ (sums >> np.uint64(29))
+    return mixed
+
+
 def group_partition(table: pa.Table, grouping: ArrayGrouping, input_name: str) -> GroupedRecords:
-    """Fold a partition's rows into one record per key."""
+    """Fold a partition's rows into one record per key.
+
+    Order lines of one purchase are usually adjacent: then each key is one run of rows and no
+    sort (nor the copy of every column it costs) is needed.
+    """
     if table.num_rows == 0:
-        return GroupedRecords(pa.array([], pa.struct([])), pa.array([], pa.int64()), [], ())
-    order = pc.sort_indices(table, [("__key", "ascending"), (_LINE, "ascending")])
-    table = table.take(order)
-    keys = table.column("__key").combine_chunks()
-    starts = np.flatnonzero(np.r_[True, pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)])
-    bounds = np.r_[starts, len(keys)]
+        none = np.array([], dtype=np.int64)
+        return GroupedRecords(pa.array([], pa.struct([])), pa.array([], pa.int64()), none, none, none, ())
+    starts = _runs(table.column("__key").combine_chunks())
+    if len(starts) != pc.count_distinct(table.column("__key")).as_py():  # a key in several runs
+        table = table.take(pc.sort_indices(table, [("__key", "ascending"), (_LINE, "ascending")]))
+        starts = _runs(table.column("__key").combine_chunks())
+    bounds = np.r_[starts, table.num_rows]
     lines = table.column(_LINE).combine_chunks().to_numpy()
     reasons = table.column(_REASON).combine_chunks()
-    bad_rows = set(pc.indices_nonzero(reasons.is_valid()).to_pylist())
-    reason_list = reasons.to_pylist() if bad_rows else []
-    keep: list[int] = []
+    keep = np.ones(len(starts), dtype=np.bool_)
     rejects: list[Reject] = []
-    for g in range(len(starts)):
-        lo, hi = int(bounds[g]), int(bounds[g + 1])
-        if bad_rows.isdisjoint(range(lo, hi)):
-            keep.append(g)
-        else:
-            rejects.extend(_reject_group(input_name, grouping.key, lines[lo:hi], reason_list[lo:hi]))
+    if reasons.null_count < len(reasons):
+        bad_rows = pc.indices_nonzero(reasons.is_valid()).to_numpy()
+        for g in np.unique(np.searchsorted(starts, bad_rows, side="right") - 1):
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            keep[g] = False
+            group_reasons = reasons.slice(lo, hi - lo).to_pylist()
+            rejects.extend(_reject_group(input_name, grouping.key, lines[lo:hi], group_reasons))
     records = table.column(_RECORD).combine_chunks()
     grouped = _fold(records, bounds, keep, grouping)
-    first = lines[starts[keep]] if keep else np.array([], dtype=np.int64)
-    order_by_line = np.argsort(first, kind="stable")
-    members = [lines[int(bounds[g]) : int(bounds[g + 1])].tolist() for g in keep]
+    first = lines[starts[keep]]
+    group_starts, group_stops = bounds[:-1][keep], bounds[1:][keep]
+    if len(first) > 1 and not bool(np.all(first[1:] > first[:-1])):
+        order = np.argsort(first, kind="stable")
+        grouped = grouped.take(pa.array(order))
+        first, group_starts, group_stops = first[order], group_starts[order], group_stops[order]
     return GroupedRecords(
-        records=grouped.take(pa.array(order_by_line)),
-        first_lines=pa.array(first[order_by_line], pa.int64()),
-        member_lines=[members[i] for i in order_by_line],
+        records=grouped,
+        first_lines=pa.array(first, pa.int64()),
+        lines=lines,
+        starts=group_starts,
+        stops=group_stops,
         rejects=tuple(rejects),
     )
+
+
+def _runs(keys: pa.Array) -> np.ndarray:
+    """Indices where a run of equal keys starts."""
+    if len(keys) == 0:
+        return np.array([], dtype=np.int64)
+    change = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(np.r_[True, change])
 
 
 def _reject_group(
@@ -182,10 +228,10 @@ def _reject_group(
 
 
 def _fold(
-    records: pa.StructArray, bounds: np.ndarray, keep: list[int], grouping: ArrayGrouping
+    records: pa.StructArray, bounds: np.ndarray, keep: np.ndarray, grouping: ArrayGrouping
 ) -> pa.StructArray:
     """Record-level fields from each kept group's first row; array fields concatenated."""
-    starts = pa.array(bounds[keep], pa.int64())
+    starts = pa.array(bounds[:-1][keep], pa.int64())
     names: list[str] = []
     arrays: list[pa.Array] = []
     for i, field in enumerate(records.type):
@@ -198,18 +244,14 @@ def _fold(
     return pa.StructArray.from_arrays(arrays, names=names)
 
 
-def _concat_lists(column: pa.ListArray, bounds: np.ndarray, keep: list[int]) -> pa.ListArray:
-    """Concatenate the per-row lists of each kept group (rows are contiguous within a group)."""
+def _concat_lists(column: pa.ListArray, bounds: np.ndarray, keep: np.ndarray) -> pa.ListArray:
+    """Concatenate the per-row lists of each kept group (rows are contiguous within a group).
+
+    A group's items are contiguous in the list's values, so the grouped list is the same values
+    under coarser offsets; filtering it copies the kept groups' items once.
+    """
     offsets = column.offsets.to_numpy()
-    values = column.values
-    starts = offsets[bounds[keep]]
-    stops = offsets[bounds[np.asarray(keep, dtype=np.int64) + 1]]
-    lengths = stops - starts
-    take = (
-        np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
-        if keep
-        else np.array([], np.int64)
-    )
-    items = values.take(pa.array(take, pa.int64()))
-    new_offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
-    return pa.ListArray.from_arrays(new_offsets, items, mask=pa.array(lengths == 0))
+    grouped = pa.ListArray.from_arrays(pa.array(offsets[bounds].astype(np.int32)), column.values)
+    kept = grouped.filter(pa.array(keep))
+    lengths = np.diff(kept.offsets.to_numpy())
+    return pa.ListArray.from_arrays(kept.offsets, kept.values, mask=pa.array(lengths == 0))

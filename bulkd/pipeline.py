@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,7 +43,7 @@ __all__ = ["ConvertSettings", "FileResult", "Progress", "convert_file", "summary
 Progress = Callable[[int, int], None]
 """Called after each batch with (rows so far, input bytes so far)."""
 
-_PARTITION_INPUT_BYTES = 64 << 20
+_PARTITION_INPUT_BYTES = 16 << 20
 
 T = TypeVar("T")
 
@@ -124,11 +125,10 @@ class _Run:
     def deliver(self, done: _Done) -> None:
         """Take a finished unit of work, in input order."""
         self.reject(done.rejects)
-        if done.block is not None:
-            self.emit_encoded(done.block, done.rows_delivered)
-        else:
-            self.records += done.rows_delivered
-            self.rows_delivered += done.rows_delivered
+        if done.block is not None and self.writer is not None:
+            self.writer.write(done.block)
+        self.records += done.records
+        self.rows_delivered += done.rows_delivered
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -244,9 +244,10 @@ class _Done:
     block: Block | None
     """None when nothing is written (no valid row, or ``write_chunks`` is off)."""
     rows_delivered: int
+    records: int
 
 
-class _Ordered:
+class _Ordered(Generic[T]):
     """Runs units of work on a few threads and hands results back in submission order.
 
     At most ``depth`` units are in flight, which bounds memory. Closing cancels what has not
@@ -256,10 +257,10 @@ class _Ordered:
 
     def __init__(self, workers: int) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bulkd-convert") if workers else None
-        self._pending: deque[Future[_Done]] = deque()
+        self._pending: deque[Future[T]] = deque()
         self._depth = workers + 1
 
-    def submit(self, fn: Callable[[], _Done]) -> Iterator[_Done]:
+    def submit(self, fn: Callable[[], T]) -> Iterator[T]:
         """Queue ``fn``; yields the results that must be taken to keep within the depth."""
         if self._pool is None:
             yield fn()
@@ -268,7 +269,7 @@ class _Ordered:
         while len(self._pending) > self._depth:
             yield self._pending.popleft().result()
 
-    def drain(self) -> Iterator[_Done]:
+    def drain(self) -> Iterator[T]:
         while self._pending:
             yield self._pending.popleft().result()
 
@@ -298,21 +299,26 @@ def _slices(batch: SourceBatch, rows: int) -> Iterator[SourceBatch]:
         yield SourceBatch(data, batch.lines.slice(start, rows), (), batch.bytes_read)
 
 
+def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
+    """Valid records as a deflated block (none when nothing is written): a unit of work."""
+    if run.writer is None or len(records) == 0:
+        return _Done([], None, rows_delivered, len(records))
+    block = Block.make(to_ndjson(encode_records(records)), run.settings.limits.gzip_level)
+    return _Done([], block, rows_delivered, len(records))
+
+
 def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
     plan_for = _planner(source, run)
-    level = run.settings.limits.gzip_level
-    encode = run.writer is not None
 
     def work(plan: MappingPlan, batch: SourceBatch) -> _Done:
         mapped = map_batch(plan, batch)
         verdict = run.checker.verdict(run.input, mapped.records, mapped.lines, skip=mapped.bad)
         rejects = [*mapped.rejects, *verdict.rejects]
         valid = mapped.records.filter(verdict.valid) if rejects else mapped.records
-        if not encode or len(valid) == 0:
-            return _Done(rejects, None, len(valid))
-        return _Done(rejects, Block.make(to_ndjson(encode_records(valid)), level), len(valid))
+        done = _encoded(run, valid, len(valid))
+        return _Done(rejects, done.block, done.rows_delivered, done.records)
 
-    ordered = _Ordered(_workers(run.settings))
+    ordered: _Ordered[_Done] = _Ordered(_workers(run.settings))
     try:
         for raw in batches:
             batch = _flat(source, raw)
@@ -331,17 +337,27 @@ def _convert_groups(source: Source, batches: Iterator[SourceBatch], run: _Run) -
     assert grouping is not None
     plan_for = _planner(source, run)
     size = source.path.stat().st_size if source.path.exists() else 0
+    ordered: _Ordered[Any] = _Ordered(_workers(run.settings))
     with tempfile.TemporaryDirectory(prefix="bulkd-groups-", dir=_spill_parent(run)) as spill:
         partitions = Partitions(math.ceil(size / _PARTITION_INPUT_BYTES), Path(spill))
         try:
-            for raw in batches:
-                batch = _flat(source, raw)
-                mapped = map_batch(plan_for(batch.data), batch)
+
+            def take(mapped: MappedBatch) -> None:
                 no_key = partitions.add(mapped, grouping.key)
                 run.reject(_keyless_rejects(run.input, mapped, no_key, grouping.key))
+
+            for raw in batches:
+                batch = _flat(source, raw)
+                plan = plan_for(batch.data)
+                for piece in _slices(batch, run.settings.work_rows):
+                    for mapped in ordered.submit(functools.partial(map_batch, plan, piece)):
+                        take(mapped)
+            for mapped in ordered.drain():
+                take(mapped)
             for table in partitions.tables():
-                _emit_groups(table, run)
+                _emit_groups(table, run, ordered)
         finally:
+            ordered.close()
             partitions.close()
 
 
@@ -359,24 +375,28 @@ def _keyless_rejects(input_name: str, mapped: MappedBatch, rows: list[int], key:
     return [own.get(r) or Reject(input_name, lines[r], key, RejectRule.MISSING_KEY.value, why) for r in rows]
 
 
-def _emit_groups(table: pa.Table, run: _Run) -> None:
+def _emit_groups(table: pa.Table, run: _Run, ordered: _Ordered[Any]) -> None:
     grouping = run.settings.record_type.grouping
     assert grouping is not None
     grouped = group_partition(table, grouping, run.input)
+    del table
     run.reject(grouped.rejects)
     if len(grouped.records) == 0:
         return
     verdict = run.checker.verdict(run.input, grouped.records, grouped.first_lines)
-    valid_flags = verdict.valid.to_pylist()
-    reasons = iter(verdict.rejects)
-    for flag, members in zip(valid_flags, grouped.member_lines, strict=True):
-        if flag:
-            continue
-        reason = next(reasons)
-        run.reject([Reject(run.input, line, reason.field, reason.rule, reason.message) for line in members])
-    valid = grouped.records.filter(verdict.valid)
-    delivered = sum(len(m) for m, f in zip(grouped.member_lines, valid_flags, strict=True) if f)
-    run.emit(valid, delivered)
+    valid = verdict.valid.to_numpy(zero_copy_only=False)
+    for reason, group in zip(verdict.rejects, np.flatnonzero(~valid), strict=True):
+        lines = grouped.member_lines(int(group))
+        run.reject([Reject(run.input, line, reason.field, reason.rule, reason.message) for line in lines])
+    records = grouped.records.filter(verdict.valid) if verdict.rejects else grouped.records
+    run.rows_delivered += int(grouped.sizes[valid].sum())
+    step = run.settings.work_rows
+    for start in range(0, len(records), step):
+        unit = functools.partial(_encoded, run, records.slice(start, step), 0)
+        for done in ordered.submit(unit):
+            run.deliver(done)
+    for done in ordered.drain():
+        run.deliver(done)
 
 
 def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
