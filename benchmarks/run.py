@@ -316,13 +316,23 @@ def _check_text(c: OutputCheck, expected: int) -> str:
 
 
 def bulkd_gzip_level() -> tuple[int, str]:
-    """bulkd's default ISA-L level, read from bulkd itself so the limit row tracks it."""
+    """bulkd's default gzip level, read from bulkd itself so the limit row tracks it."""
     try:
         from bulkd.chunk import ChunkLimits
 
         return int(ChunkLimits().gzip_level), "bulkd.chunk.ChunkLimits"
     except Exception as exc:  # any import failure: fall back and say so
-        return 2, f"fallback ({type(exc).__name__})"
+        return 3, f"fallback ({type(exc).__name__})"
+
+
+def _codec(level: int) -> str:
+    """The library and level bulkd's ``gzip_level`` names (``bulkd.chunk.codec_name``)."""
+    try:
+        from bulkd.chunk import codec_name
+
+        return codec_name(level)
+    except Exception as exc:  # any import failure: say so rather than guess
+        return f"unknown codec ({type(exc).__name__})"
 
 
 def _fresh(path: Path) -> Path:
@@ -604,7 +614,9 @@ def environment() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for pkg in ("pyarrow", "isal", "orjson", "fastjsonschema", "duckdb", "polars", "pandas", "pydantic"):
+    for pkg in (
+        "pyarrow", "isal", "zlib-ng", "orjson", "fastjsonschema", "duckdb", "polars", "pandas", "pydantic",
+    ):  # fmt: skip
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -643,7 +655,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lexer-sample", type=int, default=20_000, help="rows the Lexer re-creation runs on (scaled up)"
     )
     p.add_argument(
-        "--gzip-level", type=int, help="ISA-L level for the limit row (default: bulkd's own default)"
+        "--gzip-level", type=int, help="bulkd gzip level (0-3) for the limit row (default: bulkd's default)"
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before a tool's process is killed")
     p.add_argument(
@@ -721,7 +733,8 @@ def print_report(args: argparse.Namespace, results: list[Result], checks: list[t
     print("output check: records out vs the planted valid count; a sample checked against bulkd's schema")
     print("  ('invalid' = planted bad rows passed through; 'nulls' = null fields the strict schema refuses).")
     print(
-        f"limit: Arrow parse alone + ISA-L gzip level {args.gzip_level} ({args.level_source}) alone, 1 core."
+        f"limit: Arrow parse alone + bulkd's deflate at level {args.gzip_level} ({_codec(args.gzip_level)},"
+        f" {args.level_source}) alone, 1 core."
     )
     if any(r.sampled_rows for r in results):
         print(

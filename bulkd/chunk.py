@@ -28,7 +28,7 @@ from bulkd.durable import crashpoint, declare_crashpoint, fsync_dir, temp_path_f
 from bulkd.encode import EncodedRows
 from bulkd.errors import ConfigError, StorageError
 
-__all__ = ["Block", "ChunkInfo", "ChunkLimits", "ChunkNaming", "ChunkWriter", "deflate_block"]
+__all__ = ["Block", "ChunkInfo", "ChunkLimits", "ChunkNaming", "ChunkWriter", "codec_name", "deflate_block"]
 
 CHUNK_RENAMED = declare_crashpoint("chunk.renamed")
 """A chunk file has its final name but nothing has recorded it yet."""
@@ -113,6 +113,11 @@ class ChunkInfo:
             "md5": self.md5_hex,
             "sha256": self.sha256_hex,
         }
+
+
+def codec_name(level: int) -> str:
+    """Which library and level :func:`deflate_block` uses for a ``gzip_level`` (for reports)."""
+    return f"zlib-ng level {level}" if level >= 3 else f"ISA-L level {level}"
 
 
 def deflate_block(data: bytes | memoryview, level: int) -> bytes:
