@@ -374,6 +374,16 @@ def base_settings(data_dir: Path, api_url: str | None = None) -> dict[str, Any]:
     return doc
 
 
+class _DataDir:
+    """A directory under the daemon's data_dir (the config leaves every directory at its default)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, daemon: Daemon, owner: type[Daemon]) -> Path:
+        return daemon.data_dir / self.name
+
+
 @dataclass
 class Daemon:
     """One daemon's directories and config; every run's output is kept in ``logs``."""
@@ -404,29 +414,12 @@ class Daemon:
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    @property
-    def inbox(self) -> Path:
-        return self.data_dir / "inbox"
-
-    @property
-    def work(self) -> Path:
-        return self.data_dir / "work"
-
-    @property
-    def done(self) -> Path:
-        return self.data_dir / "done"
-
-    @property
-    def failed(self) -> Path:
-        return self.data_dir / "failed"
-
-    @property
-    def spool(self) -> Path:
-        return self.data_dir / "spool"
-
-    @property
-    def state(self) -> Path:
-        return self.data_dir / "state"
+    inbox = _DataDir("inbox")
+    work = _DataDir("work")
+    done = _DataDir("done")
+    failed = _DataDir("failed")
+    spool = _DataDir("spool")
+    state = _DataDir("state")
 
     def env(self, crashpoint: str | None = None, token: str | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULKD_")}
@@ -607,11 +600,13 @@ def check_store(
 def check_clean(daemon: Daemon, inbox_left: Iterable[str] = ()) -> None:
     """No temp files, empty work area and spool, only ``inbox_left`` in the inbox, a healthy ledger
     with every job finished."""
-    temps = [p for p in daemon.data_dir.rglob("*") if p.name.endswith((".tmp", ".part"))]
+    inbox_left = sorted(inbox_left)
+    ours = {daemon.inbox / name for name in inbox_left}
+    temps = [p for p in daemon.data_dir.rglob("*") if p.name.endswith((".tmp", ".part")) and p not in ours]
     assert not temps, f"temp files left: {temps}"
     assert sorted(daemon.work.iterdir()) == [], "work area not empty"
     assert sorted(daemon.spool.iterdir()) == [], "spool not empty"
-    assert inbox_entries(daemon.inbox) == sorted(inbox_left)
+    assert inbox_entries(daemon.inbox) == inbox_left
     ledger = Ledger(daemon.state)
     try:
         assert ledger.integrity_check() == []
@@ -650,6 +645,24 @@ def swept_texts(daemon: Daemon, sim: SimThread | None = None) -> list[tuple[str,
 def assert_no_secrets(daemon: Daemon, sim: SimThread | None = None, extra_tokens: Iterable[str] = ()) -> None:
     leaks = secret_leaks(swept_texts(daemon, sim), [TOKEN, *extra_tokens])
     assert not leaks, leaks
+
+
+def check_end_state(
+    daemon: Daemon,
+    sim: SimThread,
+    files: Iterable[InputFile],
+    *,
+    reput_ok: bool = False,
+    inbox_left: Iterable[str] = (),
+    extra_tokens: Iterable[str] = (),
+) -> dict[str, Record]:
+    """The whole oracle after a run: reports and rejects, the store, a clean tree, no secrets."""
+    files = list(files)
+    reports = check_reports(files, daemon.done)
+    check_store(sim, files, reports, reput_ok=reput_ok)
+    check_clean(daemon, inbox_left)
+    assert_no_secrets(daemon, sim, extra_tokens)
+    return reports
 
 
 def json_log_lines(daemon: Daemon) -> list[Record]:

@@ -14,25 +14,24 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
 import pytest
 from daemon_helpers import (
     SIDE_FILES,
-    TOKEN,
     Daemon,
+    InputFile,
     SimThread,
     assert_no_secrets,
     canonical,
     check_clean,
-    check_reports,
+    check_end_state,
     check_store,
     customer_csv,
     customer_parquet,
     email_ndjson,
-    inbox_entries,
     json_log_lines,
     load_reports,
     wait_until,
@@ -79,14 +78,11 @@ def test_inbox_to_datasets_end_to_end(tmp_path: Path, sim: SimThread) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     everything = [*files, slow]
-    reports = check_reports(everything, daemon.done)
-    check_store(sim, everything, reports, reput_ok=False)
-    check_clean(daemon)
+    reports = check_end_state(daemon, sim, everything)
     # The file being written was taken only after its last write, whole: not truncated.
     assert reports[slow.rel]["timings"]["claimed_at"] >= finished[0]
     assert all(claims_of(daemon, f.rel) == 1 for f in everything)
     assert sum(len(r["chunks"]) for r in reports.values()) > len(everything)  # several chunks per file
-    assert_no_secrets(daemon, sim)
 
 
 def test_duplicate_content_is_reported_not_uploaded_again(tmp_path: Path, sim: SimThread) -> None:
@@ -128,8 +124,7 @@ def test_same_content_for_two_datasets_reaches_both(tmp_path: Path, sim: SimThre
     assert daemon.run("--once").returncode == 0
     second.write(daemon.inbox)
     assert daemon.run("--once").returncode == 0
-    reports = check_reports([first, second], daemon.done)
-    check_store(sim, [first, second], reports, reput_ok=False)
+    check_end_state(daemon, sim, [first, second])
 
 
 def test_refused_files_go_to_failed_with_a_report(tmp_path: Path, sim: SimThread) -> None:
@@ -145,8 +140,7 @@ def test_refused_files_go_to_failed_with_a_report(tmp_path: Path, sim: SimThread
     proc = daemon.run("--once")
     assert proc.returncode == 1, "--once exits 1 when a job failed"
 
-    reports = check_reports([good], daemon.done)
-    check_store(sim, [good], reports, reput_ok=False)
+    check_end_state(daemon, sim, [good])
     assert set(load_reports(daemon.done)) == {good.rel}
     failed = load_reports(daemon.failed)
     assert set(failed) == {
@@ -167,8 +161,6 @@ def test_refused_files_go_to_failed_with_a_report(tmp_path: Path, sim: SimThread
         daemon.failed / f"{failed['dsbad/customer_record/garbage.csv']['job_id']}.csv"
     ).read_bytes() == garbage
     assert sim.stats("dsbad").uploads == 0
-    check_clean(daemon)
-    assert_no_secrets(daemon, sim)
 
 
 def test_hostile_and_unroutable_entries_are_skipped(tmp_path: Path, sim: SimThread) -> None:
@@ -196,8 +188,6 @@ def test_hostile_and_unroutable_entries_are_skipped(tmp_path: Path, sim: SimThre
     proc = daemon.run("--once", timeout=60)  # a FIFO must never block the daemon
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    reports = check_reports([good, odd_name], daemon.done)
-    check_store(sim, [good, odd_name], reports, reput_ok=False)
     left = [
         "bad id!/customer_record/x.csv",
         "dsh/customer_record/.hidden.csv",
@@ -208,7 +198,7 @@ def test_hostile_and_unroutable_entries_are_skipped(tmp_path: Path, sim: SimThre
         "dslink",
         "stray.csv",
     ]
-    assert inbox_entries(daemon.inbox) == sorted(left)
+    check_end_state(daemon, sim, [good, odd_name], inbox_left=left)
     assert outside.read_bytes() == before
     assert os.stat(outside).st_nlink == 2
     assert (layout / "dir.csv").is_dir()
@@ -224,7 +214,6 @@ def test_hostile_and_unroutable_entries_are_skipped(tmp_path: Path, sim: SimThre
         assert reason in warnings, reason
     # The odd name reaches reports and logs escaped (json_log_lines parsed every line as one object).
     assert not any("\x1b" in line["message"] for line in json_log_lines(daemon))
-    assert_no_secrets(daemon, sim)
 
 
 def test_second_instance_on_the_same_state_dir_refuses(tmp_path: Path) -> None:
@@ -239,7 +228,9 @@ def test_second_instance_on_the_same_state_dir_refuses(tmp_path: Path) -> None:
         assert first.wait(30) == 0
 
 
-def _slow_delivery_setup(tmp_path: Path, sim: SimThread, grace: float) -> tuple[Daemon, list]:  # type: ignore[type-arg]
+def _stop_mid_delivery(tmp_path: Path, sim: SimThread, grace: float, *signals: int) -> Stopped:
+    """Start a slow delivery (every request takes 0.25 s), send ``signals`` 0.3 s apart once chunks
+    are arriving, and wait for the daemon to exit."""
     daemon = Daemon.create(
         tmp_path,
         sim,
@@ -256,59 +247,56 @@ def _slow_delivery_setup(tmp_path: Path, sim: SimThread, grace: float) -> tuple[
     for f in files:
         f.write(daemon.inbox)
     sim.set_faults(Faults(latency_seconds=0.25))
-    return daemon, files
+    with daemon.start() as running:
+        wait_until(lambda: _puts_done(sim) >= 2, 60, "the first deliveries")
+        signalled = time.time()
+        for number, signum in enumerate(signals):
+            time.sleep(0.3 if number else 0)
+            running.signal(signum)
+        started = time.monotonic()
+        code = running.wait(30)
+    assert len(load_reports(daemon.done)) < len(files), "the stop came too late to interrupt anything"
+    return Stopped(daemon, files, code, time.monotonic() - started, signalled)
 
 
-def _finish_after_stop(daemon: Daemon, sim: SimThread, files: list) -> None:  # type: ignore[type-arg]
-    sim.set_faults(Faults())
-    proc = daemon.run("--once")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = check_reports(files, daemon.done)
-    # A stop can cut an upload after the store took it and before the daemon heard back.
-    check_store(sim, files, reports, reput_ok=True)
-    check_clean(daemon)
-    assert_no_secrets(daemon, sim)
+@dataclass
+class Stopped:
+    daemon: Daemon
+    files: list[InputFile]
+    code: int
+    seconds: float
+    """From the last signal to the exit."""
+    signalled: float
+    """Wall-clock time of the first signal."""
+
+    def restart_finishes(self, sim: SimThread, *, reput_ok: bool) -> None:
+        sim.set_faults(Faults())
+        proc = self.daemon.run("--once")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        check_end_state(self.daemon, sim, self.files, reput_ok=reput_ok)
 
 
 def _puts_done(sim: SimThread) -> int:
     return sum(1 for e in sim.requests() if e.method == "PUT" and e.status == 200)
 
 
-def test_sigterm_stops_gracefully_and_a_restart_finishes(tmp_path: Path, sim: SimThread) -> None:
-    daemon, files = _slow_delivery_setup(tmp_path, sim, grace=1.0)
-    with daemon.start() as running:
-        wait_until(lambda: _puts_done(sim) >= 2, 60, "the first deliveries")
-        running.signal(signal.SIGTERM)
-        started = time.monotonic()
-        assert running.wait(30) == 0
-        assert time.monotonic() - started < 10
-    assert "SIGTERM: stopping intake" in daemon.logs[-1]
-    assert len(load_reports(daemon.done)) < len(files), "the stop came too late to interrupt anything"
-    _finish_after_stop(daemon, sim, files)
+def test_sigterm_lets_uploads_under_way_finish_and_a_restart_finishes(tmp_path: Path, sim: SimThread) -> None:
+    stopped = _stop_mid_delivery(tmp_path, sim, 1.0, signal.SIGTERM)
+    assert stopped.code == 0
+    assert stopped.seconds < 10
+    assert "SIGTERM: stopping intake" in stopped.daemon.logs[-1]
+    late = [e for e in sim.requests() if e.method == "POST" and e.started_at > stopped.signalled + 0.1]
+    assert late == [], f"{len(late)} uploads created after SIGTERM"
+    # Uploads under way finished within the grace period, so none is sent twice.
+    stopped.restart_finishes(sim, reput_ok=False)
 
 
 def test_a_second_signal_exits_at_once_and_a_restart_finishes(tmp_path: Path, sim: SimThread) -> None:
-    daemon, files = _slow_delivery_setup(tmp_path, sim, grace=60.0)
-    with daemon.start() as running:
-        wait_until(lambda: _puts_done(sim) >= 2, 60, "the first deliveries")
-        running.signal(signal.SIGTERM)
-        time.sleep(0.3)
-        running.signal(signal.SIGINT)
-        started = time.monotonic()
-        assert running.wait(30) == 130
-        assert time.monotonic() - started < 5
-    _finish_after_stop(daemon, sim, files)
-
-
-def test_sigterm_starts_no_new_uploads(tmp_path: Path, sim: SimThread) -> None:
-    daemon, _ = _slow_delivery_setup(tmp_path, sim, grace=3.0)
-    with daemon.start() as running:
-        wait_until(lambda: _puts_done(sim) >= 2, 60, "the first deliveries")
-        running.signal(signal.SIGTERM)
-        stopped = time.time()
-        assert running.wait(30) == 0
-    late = [e for e in sim.requests() if e.method == "POST" and e.started_at > stopped + 0.1]
-    assert late == [], f"{len(late)} uploads created after SIGTERM"
+    stopped = _stop_mid_delivery(tmp_path, sim, 60.0, signal.SIGTERM, signal.SIGINT)
+    assert stopped.code == 130
+    assert stopped.seconds < 5
+    # Exiting at once can cut an upload after the store took it and before the daemon heard back.
+    stopped.restart_finishes(sim, reput_ok=True)
 
 
 def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
@@ -330,4 +318,4 @@ def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     rejects = (daemon.done / report["rejects_file"]).read_text().splitlines()
     assert sorted(orjson.loads(line)["line"] for line in rejects) == [14, 27, 33]
     check_clean(daemon)
-    assert_no_secrets(daemon, extra_tokens=[TOKEN])
+    assert_no_secrets(daemon)

@@ -15,10 +15,7 @@ import pytest
 from daemon_helpers import (
     Daemon,
     SimThread,
-    assert_no_secrets,
-    check_clean,
-    check_reports,
-    check_store,
+    check_end_state,
     customer_csv,
     customer_parquet,
     email_ndjson,
@@ -83,10 +80,7 @@ def test_transient_faults_and_expiring_urls_still_deliver_everything(tmp_path: P
     proc = daemon.run("--once", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    reports = check_reports(files, daemon.done)
-    check_store(sim, files, reports, reput_ok=True)
-    check_clean(daemon)
-    assert_no_secrets(daemon, sim)
+    reports = check_end_state(daemon, sim, files, reput_ok=True)
 
     requests = sim.requests()
     faults = Counter(e.fault for e in requests if e.fault)
@@ -109,10 +103,8 @@ def test_retry_after_as_http_date_is_honoured(tmp_path: Path, sim: SimThread) ->
     files = [customer_csv("dsdate/customer_record/a.csv", 150)]
     files[0].write(daemon.inbox)
     assert daemon.run("--once").returncode == 0
-    reports = check_reports(files, daemon.done)
-    check_store(sim, files, reports, reput_ok=False)
+    check_end_state(daemon, sim, files)
     assert any(e.fault == "http_429" for e in sim.requests())
-    check_clean(daemon)
 
 
 def test_refused_token_pauses_uploads_and_a_restart_with_the_right_token_finishes(
@@ -152,7 +144,4 @@ def test_refused_token_pauses_uploads_and_a_restart_with_the_right_token_finishe
 
     proc = daemon.run("--once")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = check_reports(files, daemon.done)
-    check_store(sim, files, reports, reput_ok=False)
-    check_clean(daemon)
-    assert_no_secrets(daemon, sim, extra_tokens=[wrong])
+    check_end_state(daemon, sim, files, extra_tokens=[wrong])
