@@ -36,11 +36,8 @@ STOPPED: tuple[type[Exception], ...] = tuple(
 
 @pytest.fixture
 async def sim(tmp_path: Path) -> AsyncIterator[RunningSimulator]:
-    running = await start_simulator(SimulatorConfig(token=Secret(TOKEN), store_dir=tmp_path / "hubsim"))
-    try:
+    async with await start_simulator(SimulatorConfig(Secret(TOKEN), tmp_path / "hubsim")) as running:
         yield running
-    finally:
-        await running.close()
 
 
 @dataclass
