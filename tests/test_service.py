@@ -163,6 +163,28 @@ def test_refused_files_go_to_failed_with_a_report(tmp_path: Path, sim: SimThread
     assert sim.stats("dsbad").uploads == 0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobs.JobRunner._convert_file passes the work path to convert_file, so reject lines "
+    "('input') and whole-file errors name <work_dir>/<job><ext>, a file that no longer exists once "
+    "the job is archived under done/ or failed/, instead of the source (or its archived name)",
+)
+def test_rejects_and_errors_name_the_source_not_the_work_file(tmp_path: Path, sim: SimThread) -> None:
+    daemon = Daemon.create(tmp_path, sim)
+    f = customer_csv("dsname/customer_record/export.csv", 30)
+    f.write(daemon.inbox)
+    (daemon.inbox / "dsname/customer_record/garbage.csv").write_bytes(bytes(range(256)) * 8)
+    assert daemon.run("--once").returncode == 1
+
+    report = load_reports(daemon.done)[f.rel]
+    archived = daemon.done / f"{report['job_id']}.csv"
+    text = (daemon.done / report["rejects_file"]).read_text()
+    named = {orjson.loads(line)["input"] for line in text.splitlines()}
+    assert named <= {f.rel, archived.name, str(archived)}, named
+    failed = load_reports(daemon.failed)["dsname/customer_record/garbage.csv"]
+    assert str(daemon.work) not in failed["error"], failed["error"]
+
+
 def test_hostile_and_unroutable_entries_are_skipped(tmp_path: Path, sim: SimThread) -> None:
     daemon = Daemon.create(tmp_path, sim)
     good = customer_csv("dsh/customer_record/good.csv", 40)
