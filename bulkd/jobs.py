@@ -41,7 +41,7 @@ from bulkd.pipeline import ConvertSettings, FileResult, convert_file
 from bulkd.profile import Profile, load_profile
 from bulkd.report import build_report, write_report
 from bulkd.schemas import load_record_type
-from bulkd.upload import ChunkUpload, Uploader
+from bulkd.upload import ChunkUpload, Uploader, UploadReceipt
 
 __all__ = [
     "DeliveryDeferred",
@@ -338,14 +338,12 @@ class JobRunner:
         async def on_created(upload_id: str) -> None:
             nonlocal current
             if current is ChunkState.CREATED:  # a fresh URL after a 403: record the new id too
-                await self.ledger.transition_chunk(job.job_id, chunk.chunk_index, ChunkState.CREATING)
-            await self.ledger.transition_chunk(
-                job.job_id, chunk.chunk_index, ChunkState.CREATED, upload_id=upload_id
-            )
+                await self._chunk_to(job, chunk, ChunkState.CREATING)
+            await self._chunk_to(job, chunk, ChunkState.CREATED, upload_id=upload_id)
             current = ChunkState.CREATED
             crashpoint(UPLOAD_CREATED)
 
-        await self.ledger.transition_chunk(job.job_id, chunk.chunk_index, ChunkState.CREATING)
+        await self._chunk_to(job, chunk, ChunkState.CREATING)
         current = ChunkState.CREATING
         upload = ChunkUpload(
             path=Path(chunk.path),
@@ -359,40 +357,48 @@ class JobRunner:
             receipt = await self.uploader.upload(upload, on_created)
         except TerminalUploadError as exc:
             if not self.uploader.paused:
-                await self.ledger.transition_chunk(
-                    job.job_id, chunk.chunk_index, ChunkState.FAILED, error=str(exc)
-                )
-                self.emit(JobEvent("chunk", job.job_id, ChunkState.FAILED.value, chunk.chunk_index))
+                await self._chunk_to(job, chunk, ChunkState.FAILED, error=str(exc))
             raise
         crashpoint(UPLOAD_PUT_DONE)
-        await self.ledger.transition_chunk(job.job_id, chunk.chunk_index, ChunkState.DELIVERED)
         self.live[job.job_id].chunks_delivered += 1
+        await self._chunk_to(job, chunk, ChunkState.DELIVERED, upload_id=receipt.upload_id, receipt=receipt)
+
+    async def _chunk_to(
+        self,
+        job: JobRecord,
+        chunk: ChunkRecord,
+        to: ChunkState,
+        *,
+        upload_id: str | None = None,
+        error: str | None = None,
+        receipt: UploadReceipt | None = None,
+    ) -> None:
+        """One chunk transition: the ledger first, then a structured log line and the event."""
+        recorded_id = upload_id if to is ChunkState.CREATED else None
+        await self.ledger.transition_chunk(
+            job.job_id, chunk.chunk_index, to, upload_id=recorded_id, error=error
+        )
+        seconds = receipt.seconds if receipt is not None else None
+        fields: dict[str, object] = {"event": "chunk", "job_id": job.job_id, "chunk": chunk.chunk_index}
+        fields |= {"state": to.value, "chunk_file": chunk.filename}
+        if upload_id is not None:
+            fields["upload_id"] = upload_id
+        if to is ChunkState.DELIVERED:
+            fields |= {"records": chunk.records, "bytes": chunk.bytes, "seconds": round(seconds or 0.0, 3)}
+        level = logging.ERROR if to is ChunkState.FAILED else logging.INFO
+        detail = f": {error}" if error else ""
+        log.log(level, "chunk %s: %s%s", chunk.filename, to.value, detail, extra=fields)
+        delivered = to is ChunkState.DELIVERED
         self.emit(
             JobEvent(
                 "chunk",
                 job.job_id,
-                ChunkState.DELIVERED.value,
+                to.value,
                 chunk.chunk_index,
-                records=chunk.records,
-                bytes=chunk.bytes,
-                seconds=receipt.seconds,
+                records=chunk.records if delivered else 0,
+                bytes=chunk.bytes if delivered else 0,
+                seconds=seconds,
             )
-        )
-        log.info(
-            "chunk %s delivered as upload %s (%d records, %d bytes, %.2fs)",
-            chunk.filename,
-            receipt.upload_id,
-            chunk.records,
-            chunk.bytes,
-            receipt.seconds,
-            extra={
-                "event": "chunk",
-                "job_id": job.job_id,
-                "chunk": chunk.chunk_index,
-                "state": str(ChunkState.DELIVERED),
-                "upload_id": receipt.upload_id,
-                "seconds": round(receipt.seconds, 3),
-            },
         )
 
     # -- finishing --------------------------------------------------------------------------
