@@ -238,10 +238,11 @@ class SimThread:
     serving, and it survives the daemon being killed.
     """
 
-    def __init__(self, store_dir: Path, *, token: str = TOKEN, faults: Faults | None = None) -> None:
+    def __init__(self, store_dir: Path, *, token: str = TOKEN, **options: Any) -> None:
+        """``options`` are further :class:`SimulatorConfig` fields (faults, known_datasets...)."""
         self.store_dir = store_dir
         self.token = token
-        self._config = SimulatorConfig(token=Secret(token), store_dir=store_dir, faults=faults or Faults())
+        self._config = SimulatorConfig(token=Secret(token), store_dir=store_dir, **options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hubsim", daemon=True)
         self._sim: RunningSimulator | None = None

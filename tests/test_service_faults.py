@@ -145,3 +145,25 @@ def test_refused_token_pauses_uploads_and_a_restart_with_the_right_token_finishe
     proc = daemon.run("--once")
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_end_state(daemon, sim, files, extra_tokens=[wrong])
+
+
+def test_a_chunk_refused_for_good_fails_its_job_and_nothing_else(tmp_path: Path) -> None:
+    """An unknown dataset answers 404: terminal, so the job fails at once (no retry storm) with a
+    report in failed/, while other datasets' files are delivered."""
+    with SimThread(tmp_path / "hubsim", known_datasets=frozenset({"dsknown"})) as sim:
+        daemon = Daemon.create(tmp_path, sim, {"convert": {"chunk_max_records": 30}})
+        good = customer_csv("dsknown/customer_record/a.csv", 100)
+        lost = customer_csv("dsunknown/customer_record/b.csv", 100)
+        good.write(daemon.inbox)
+        lost.write(daemon.inbox)
+        assert daemon.run("--once").returncode == 1, "--once exits 1 when a job failed"
+        check_end_state(daemon, sim, [good])
+        report = load_reports(daemon.failed)[lost.rel]
+        assert report["state"] == "failed"
+        assert "HTTP 404" in report["error"]
+        assert report["records_delivered"] == 0
+        assert report["chunks"]
+        assert {c["state"] for c in report["chunks"]} <= {"failed", "creating", "written"}
+        assert any("404" in (c["error"] or "") for c in report["chunks"])
+        posts = [e for e in sim.requests() if e.method == "POST" and e.status == 404]
+        assert len(posts) <= len(report["chunks"]), "a 404 was retried"
