@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=_status)
 
+    selftest = sub.add_parser(
+        "selftest", help="prove the promises: run the fault matrix (crashes, faults) and print it"
+    )
+    selftest.add_argument("--quick", action="store_true", help="a smaller matrix (about a minute)")
+    selftest.add_argument("--seed", type=int, default=1, help="seed for inputs, faults and kill times")
+    selftest.set_defaults(handler=_selftest)
+
     demo = sub.add_parser("demo", help="convert the bundled sample customers into var/demo (a dry run)")
     demo.add_argument("--out", type=Path, default=Path("var/demo"), help="output directory")
     demo.set_defaults(handler=_demo)
@@ -260,6 +267,12 @@ def _status(args: argparse.Namespace) -> int:
     else:
         render(report)
     return EXIT_OK
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from bulkd.selftest import run_selftest
+
+    return run_selftest(sys.stdout, quick=args.quick, seed=args.seed)
 
 
 def _demo(args: argparse.Namespace) -> int:
