@@ -303,7 +303,7 @@ def _puts_done(sim: SimThread) -> int:
 
 
 def test_sigterm_lets_uploads_under_way_finish_and_a_restart_finishes(tmp_path: Path, sim: SimThread) -> None:
-    stopped = _stop_mid_delivery(tmp_path, sim, 1.0, signal.SIGTERM)
+    stopped = _stop_mid_delivery(tmp_path, sim, 3.0, signal.SIGTERM)
     assert stopped.code == 0
     assert stopped.seconds < 10
     assert "SIGTERM: stopping intake" in stopped.daemon.logs[-1]
