@@ -98,9 +98,6 @@ class InputSet:
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
 
-    def by_name(self) -> dict[str, InputFile]:
-        return {f.rel: f for f in self.files}
-
 
 def generate_inputs(
     rng: random.Random,
@@ -186,10 +183,10 @@ def _build(dataset_id: str, name: str, fmt: Fmt, cells: list[Cells], kinds: list
 
 
 def drop_into_inbox(inbox: Path, files: Iterable[InputFile]) -> None:
-    """Write each file as a careful producer does: a ``.part`` name, then a rename into place."""
-    for item in files:
+    """Write each file as a careful producer does: a hidden ``.part`` name, then a rename into place."""
+    for number, item in enumerate(files):
         target = inbox / item.rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
+        partial = target.with_name(f".{number}.{os.getpid()}.part")  # short: the final name may be 255 bytes
         partial.write_bytes(item.data)
         os.rename(partial, target)

@@ -248,17 +248,17 @@ def _check_drained(ws: Workspace, view: LedgerView, expect_delivery: bool) -> li
 def _check_reports(ws: Workspace, inputs: InputSet, view: LedgerView) -> list[str]:
     """Each source's report counts its rows, and its reject file names exactly the invalid lines."""
     problems: list[str] = []
-    files = inputs.by_name()
+    files = {f.sha256: f for f in inputs.files}
     seen: set[str] = set()
     for job in view.jobs.values():
-        item = files.get(job.source_name)
+        item = files.get(job.content_sha256)
         if item is None:
             continue
-        seen.add(item.rel)
+        seen.add(item.sha256)
         if job.state is JobState.ARCHIVED:
             problems += _check_report(item, job)
     if view.jobs:
-        missing = sorted(set(files) - seen)
+        missing = sorted(f.rel for sha, f in files.items() if sha not in seen)
         if missing:
             problems.append(f"no job for {missing[:5]}")
     return problems
