@@ -233,6 +233,7 @@ class JobRunner:
             records=result.records,
             rejected=result.rejected,
             rejects_by_rule=result.rejects_by_rule,
+            warnings=result.warnings,
         )
 
     async def _record_chunk(self, job: JobRecord, info: ChunkInfo) -> ChunkRecord:

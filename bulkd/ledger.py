@@ -28,7 +28,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,6 +140,8 @@ class JobRecord:
     error: str | None
     report_path: str | None
     rejects_by_rule: Mapping[str, int]
+    warnings: tuple[str, ...]
+    """The conversion's warnings (columns the schema does not know, ...), for the report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,7 @@ _SCHEMA_V2 = (
         FOREIGN KEY (job_id, chunk_index) REFERENCES chunks(job_id, chunk_index) ON DELETE CASCADE
     ) STRICT""",
     "ALTER TABLE jobs ADD COLUMN rejects_by_rule TEXT NOT NULL DEFAULT '{}'",
+    "ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
@@ -361,12 +364,15 @@ class Ledger:
         error: str | None = None,
         report_path: str | None = None,
         rejects_by_rule: Mapping[str, int] | None = None,
+        warnings: Sequence[str] | None = None,
     ) -> JobRecord:
         """Move a job to ``to`` (and set the given fields) in one transaction, or refuse."""
         fields: dict[str, int | str | None] = {"rows": rows, "records": records, "rejected": rejected}
         fields |= {"error": error, "report_path": report_path}
         if rejects_by_rule is not None:
             fields["rejects_by_rule"] = json.dumps(dict(rejects_by_rule), sort_keys=True)
+        if warnings is not None:
+            fields["warnings"] = json.dumps(list(warnings))
         updates = {k: v for k, v in fields.items() if v is not None}
         with self._transaction(full=to in _FULL_SYNC_JOB) as db:
             row = self._query_one("SELECT state FROM jobs WHERE job_id=?", (job_id,), f"job {job_id}")
@@ -581,6 +587,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
     values = dict(zip(row.keys(), row, strict=True))
     values["state"] = JobState(values["state"])
     values["rejects_by_rule"] = json.loads(values["rejects_by_rule"])
+    values["warnings"] = tuple(json.loads(values["warnings"]))
     return JobRecord(**values)
 
 

@@ -65,6 +65,7 @@ def build_report(
             "seconds": round(job.updated_at - job.created_at, 3),
         },
         "error": job.error,
+        "warnings": list(job.warnings),
         "bulkd_version": __version__,
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"

@@ -422,3 +422,11 @@ def test_every_upload_id_and_reject_tally_is_kept(ledger: Ledger) -> None:
     job = ledger.transition_job("job-1", J.CONVERTED, rejects_by_rule={"format": 2, "required": 1})
     assert job.rejects_by_rule == {"format": 2, "required": 1}
     assert ledger.upload_ids("job-2") == {}
+
+
+def test_conversion_warnings_are_kept_for_the_report(ledger: Ledger) -> None:
+    add_job(ledger)
+    ledger.transition_job("job-1", J.CONVERTING)
+    job = ledger.transition_job("job-1", J.CONVERTED, warnings=["column 'x' is not in the schema"])
+    assert job.warnings == ("column 'x' is not in the schema",)
+    assert ledger.transition_job("job-1", J.DELIVERING).warnings == job.warnings, "kept by later moves"

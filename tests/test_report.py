@@ -30,6 +30,7 @@ REPORT_KEYS = {
     "chunks",
     "timings",
     "error",
+    "warnings",
     "bulkd_version",
 }
 CHUNK_KEYS = {

@@ -23,7 +23,7 @@ def record(state: JobState, **fields: object) -> JobRecord:
         "size": 1000,
         "device": 1,
         "inode": 2,
-        "claimed_path": "/work/job1.csv",
+        "claimed_path": "work/job1.csv",
         "created_at": 100.0,
         "updated_at": 110.0,
         "rows": None,
@@ -32,6 +32,7 @@ def record(state: JobState, **fields: object) -> JobRecord:
         "error": None,
         "report_path": None,
         "rejects_by_rule": {},
+        "warnings": (),
     }
     values.update(fields)
     return JobRecord(**values)  # type: ignore[arg-type]
