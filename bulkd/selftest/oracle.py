@@ -31,7 +31,10 @@ from bulkd.selftest.inputs import InputFile, InputSet, canonical
 
 __all__ = ["LedgerView", "StoredObject", "Tally", "check_final", "check_progress", "read_store", "tally"]
 
-_SIGNATURE = re.compile(rb"X-Amz-Signature=[0-9a-fA-F]{8}")
+_SIGNATURE = re.compile(
+    rb"(?i)(x-amz-(signature|credential|security-token)|signature|sig)=(?!\*{8}|<redacted>)[^&\s'\"<>\\]{6}"
+)
+"""A signed query parameter with a value that is not the redaction mask."""
 _SIDE_FILES = (".report.json", ".rejects.ndjson", ".claim.json")
 _TERMINAL = (JobState.ARCHIVED, JobState.FAILED, JobState.DUPLICATE)
 
