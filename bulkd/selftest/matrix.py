@@ -86,10 +86,13 @@ def fault_matrix(*, quick: bool, seed: int) -> list[Scenario]:
     points = list(all_crashpoints()) + ([] if quick else list(NTH_PASSES))
     scenarios += [Scenario(f"crash point {p}", next(seeds), crashpoint=p) for p in points]
     rng = random.Random(seed)
+    busy = Faults(latency_seconds=0.1)  # uploads take a few seconds, so most kills land mid-work
     for _ in range(2 if quick else 5):
-        kills = tuple(round(rng.uniform(0.5, 2.0), 2) for _ in range(rng.randint(1, 3)))
+        kills = tuple(round(rng.uniform(0.4, 2.5), 2) for _ in range(rng.randint(1, 3)))
         label = f"SIGKILL at random times ({', '.join(f'{k:.1f}s' for k in kills)})"
-        scenarios.append(Scenario(label, next(seeds), kill_times=kills, files=6, rows=(150, 400)))
+        scenarios.append(
+            Scenario(label, next(seeds), faults=busy, kill_times=kills, files=6, rows=(200, 500))
+        )
     crashpoints = all_crashpoints()
     scenarios += [random_scenario(next(seeds), crashpoints) for _ in range(2 if quick else 8)]
     return scenarios
@@ -120,11 +123,20 @@ async def run_matrix(scenarios: list[Scenario], workdir: Path, out: TextIO | Non
 _HEADER = ("fault injected", "runs", "records in", "delivered", "duplicates", "re-sent", "lost", "result")
 
 
+def _label(outcome: Outcome) -> str:
+    """The scenario's name, and for planned SIGKILLs how many landed before the run ended by itself."""
+    planned = len(outcome.scenario.kill_times)
+    if not planned:
+        return outcome.scenario.name
+    landed = sum(run.killed_after is not None for run in outcome.runs)
+    return f"{outcome.scenario.name} [{landed}/{planned} landed]"
+
+
 def format_matrix(outcomes: list[Outcome]) -> str:
     """The fault matrix as a plain-text table with a totals row."""
     rows = [
         (
-            o.scenario.name,
+            _label(o),
             len(o.runs),
             o.tally.records_in,
             o.tally.delivered,

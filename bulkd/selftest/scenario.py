@@ -264,7 +264,7 @@ def random_scenario(seed: int, crashpoints: tuple[str, ...] = ()) -> Scenario:
         faults = _merge(faults, extra)
     faults = replace(faults, seed=seed)
     crash = None
-    kills: tuple[float, ...] = tuple(round(rng.uniform(0.6, 3.0), 2) for _ in range(rng.randint(0, 3)))
+    kills: tuple[float, ...] = tuple(round(rng.uniform(0.3, 1.5), 2) for _ in range(rng.randint(0, 3)))
     if crashpoints and rng.random() < 0.3:
         crash = f"{rng.choice(crashpoints)}:{rng.randint(1, 3)}"
         kills = ()
