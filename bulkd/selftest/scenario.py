@@ -45,7 +45,9 @@ class Scenario:
     seed: int = 0
     faults: Faults = _NO_FAULTS
     crashpoint: str | None = None
-    """``name`` or ``name:N``: the first run dies there (and must reach it)."""
+    """``name`` or ``name:N``: the first run dies there."""
+    must_crash: bool = True
+    """Whether the first run must reach ``crashpoint`` (a random N-th pass may lie beyond the work)."""
     kill_times: tuple[float, ...] = ()
     """The k-th run is SIGKILLed after ``kill_times[k]`` seconds (if still running)."""
     files: int = 3
@@ -201,7 +203,8 @@ async def _drive(scenario: Scenario, rig: Rig, inputs: InputSet, *, late_delay: 
             run = await run_daemon(ws, crashpoint=crash, kill_after=kill, timeout=scenario.run_timeout)
             if index == 0 and late_drop is not None:
                 await late_drop
-            problems = _run_problems(run, crash) + await rig.progress_problems(inputs)
+            problems = _run_problems(run, crash if scenario.must_crash else None)
+            problems += await rig.progress_problems(inputs)
             if problems:
                 return [f"after run {run.number}: {p}" for p in problems]
             drained = _drained(ws)
@@ -231,7 +234,7 @@ def _run_problems(run: RunRecord, crash: str | None) -> list[str]:
         return [f"run {run.number} never reached crash point {crash} (exit {run.exit_code})"]
     if run.exit_code not in (0, 1) and not run.killed:
         return [f"run {run.number} ended with exit status {run.exit_code}"]
-    if run.killed and crash is None and run.killed_after is None:
+    if run.killed and run.crashed_at is None and run.killed_after is None:
         return [f"run {run.number} was killed by something else"]
     return []
 
@@ -280,6 +283,7 @@ def random_scenario(seed: int, crashpoints: tuple[str, ...] = ()) -> Scenario:
         seed=seed,
         faults=faults,
         crashpoint=crash,
+        must_crash=False,
         kill_times=kills,
         files=rng.randint(2, 4),
         late_files=rng.randint(0, 2),
