@@ -1,4 +1,5 @@
-"""The oracle must notice what it exists to notice: a lost record, a duplicate, a re-sent chunk, a leak.
+"""The oracle must notice what it exists to notice (a lost record, a duplicate, a re-sent chunk, a leak),
+and the fault matrix must cover what it claims to.
 
 A check that always passes proves nothing, so each is fed a store or a workspace with exactly one
 thing wrong (no daemon runs here).
@@ -10,8 +11,19 @@ import gzip
 import random
 from pathlib import Path
 
+from bulkd.hubsim import Faults
 from bulkd.secret import Secret
-from bulkd.selftest import InputSet, RunRecord, Workspace, find_leaks, generate_inputs, read_store, tally
+from bulkd.selftest import (
+    InputSet,
+    RunRecord,
+    Workspace,
+    all_crashpoints,
+    fault_matrix,
+    find_leaks,
+    generate_inputs,
+    read_store,
+    tally,
+)
 
 
 def _inputs() -> InputSet:
@@ -63,3 +75,14 @@ def test_find_leaks_sees_the_token_a_signature_and_a_cell_value(tmp_path: Path) 
     ws.done.mkdir(parents=True)
     (ws.done / "j.rejects.ndjson").write_text(f'{{"message": "bad {inputs.markers[0]}"}}\n')
     assert any("j.rejects.ndjson" in leak for leak in find_leaks(ws, inputs))
+
+
+def test_the_fault_matrix_covers_every_crash_point_and_is_reproducible() -> None:
+    quick = fault_matrix(quick=True, seed=5)
+    full = fault_matrix(quick=False, seed=5)
+    for matrix in (quick, full):
+        assert {s.crashpoint for s in matrix if s.crashpoint and s.must_crash} >= set(all_crashpoints())
+        assert len({s.name for s in matrix}) == len(matrix)
+        assert matrix[0].faults == Faults()
+    assert [s.seed for s in fault_matrix(quick=False, seed=5)] == [s.seed for s in full]
+    assert {s.seed for s in full}.isdisjoint(s.seed for s in fault_matrix(quick=False, seed=6))
