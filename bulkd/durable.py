@@ -24,9 +24,11 @@ the modules that declare them first).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -42,6 +44,7 @@ __all__ = [
     "crashpoint",
     "declare_crashpoint",
     "fsync_dir",
+    "move_durable",
     "remove_temp_files",
     "rename_durable",
     "temp_path_for",
@@ -175,6 +178,37 @@ def rename_durable(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+def move_durable(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` durably, across filesystems too: a rename where it can be one, else a
+    synced copy renamed into place and then the source removed (a crash leaves both or a temp file)."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise StorageError(f"cannot move {src} to {dst}: {exc.strerror or exc}") from exc
+    else:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)
+        return
+    tmp = temp_path_for(dst)
+    try:
+        with src.open("rb") as reader, tmp.open("xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.rename(tmp, dst)
+    except OSError as exc:
+        _discard(tmp)
+        raise StorageError(f"cannot copy {src} to {dst}: {exc.strerror or exc}") from exc
+    fsync_dir(dst.parent)
+    try:
+        os.unlink(src)
+    except OSError as exc:
+        raise StorageError(f"cannot remove {src} after copying it: {exc.strerror or exc}") from exc
+    fsync_dir(src.parent)
 
 
 def remove_temp_files(directory: Path, pattern: str = f".*{TEMP_SUFFIX}") -> list[Path]:

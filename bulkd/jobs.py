@@ -33,7 +33,7 @@ from typing import Literal
 
 from bulkd.chunk import ChunkInfo, ChunkLimits
 from bulkd.config import Config
-from bulkd.durable import crashpoint, declare_crashpoint, remove_temp_files, rename_durable
+from bulkd.durable import crashpoint, declare_crashpoint, move_durable, remove_temp_files
 from bulkd.errors import BulkdError, LedgerError, StorageError, TerminalUploadError, UploadError
 from bulkd.inbox import archive, report_path
 from bulkd.ledger import AsyncLedger, ChunkRecord, ChunkState, JobRecord, JobState, Ledger
@@ -221,7 +221,13 @@ class JobRunner:
         if result.error is not None:
             log.error("job %s (%s) failed: %s", job.job_id, job.source_name, result.error)
             return await self._transition(
-                job, JobState.FAILED, rows=result.rows, rejected=result.rejected, error=result.error
+                job,
+                JobState.FAILED,
+                rows=result.rows,
+                rejected=result.rejected,
+                rejects_by_rule=result.rejects_by_rule,
+                warnings=result.warnings,
+                error=result.error,
             )
         for info in result.chunks:
             await self._record_chunk(job, info)
@@ -268,7 +274,15 @@ class JobRunner:
         def work() -> FileResult:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            return convert_file(Path(job.claimed_path), out, settings, progress)
+            source = Path(job.claimed_path)
+            if changed := _changed_since_claim(job):
+                return FileResult(input=job.source_name, error=changed)
+            result = convert_file(source, out, settings, progress, display_name=job.source_name)
+            if changed := _changed_since_claim(job):
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                return FileResult(input=job.source_name, rows=result.rows, error=changed)
+            return result
 
         try:
             return await asyncio.to_thread(work)
@@ -438,7 +452,7 @@ class JobRunner:
         final = dest / f"{job.job_id}.rejects.ndjson"
         found = sorted(self.spool_dir(job.job_id).glob("*.rejects.ndjson"))
         if found:
-            rename_durable(found[0], final)
+            move_durable(found[0], final)  # the spool may be on another filesystem
         return final if final.exists() else None
 
     def _write_and_archive(self, job: JobRecord, dest: Path, target: Path, report: bytes) -> None:
@@ -447,6 +461,25 @@ class JobRunner:
         if work.exists() or not (dest / work.name).exists():
             with contextlib.suppress(FileNotFoundError):
                 archive(work, dest, job.job_id)
+
+
+def _changed_since_claim(job: JobRecord) -> str | None:
+    """Why the claimed file is no longer what was claimed (its writer kept a descriptor), if it is not.
+
+    Its content hash was taken at the claim; converting other bytes under that identity would
+    deliver rows the claim never saw, or lose some, while the report vouched for the hash."""
+    try:
+        st = os.stat(job.claimed_path)
+    except FileNotFoundError:
+        return f"{job.source_name}: the claimed file disappeared from the work area"
+    now = (st.st_size, st.st_ino, st.st_mtime_ns)
+    claimed = (job.size, job.inode, job.mtime_ns or st.st_mtime_ns)
+    if now == claimed:
+        return None
+    return (
+        f"{job.source_name}: changed after it was claimed ({job.size} bytes then, {st.st_size} now); "
+        "something was still writing it. Drop it into the inbox again once it is complete"
+    )
 
 
 def _md5_b64(md5_hex: str) -> str:

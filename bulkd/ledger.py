@@ -142,6 +142,7 @@ class JobRecord:
     rejects_by_rule: Mapping[str, int]
     warnings: tuple[str, ...]
     """The conversion's warnings (columns the schema does not know, ...), for the report."""
+    mtime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,8 @@ _SCHEMA_V2 = (
     ) STRICT""",
     "ALTER TABLE jobs ADD COLUMN rejects_by_rule TEXT NOT NULL DEFAULT '{}'",
     "ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'",
+    # The claim's mtime: with size and inode it tells whether the file changed after its claim.
+    "ALTER TABLE jobs ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT 0",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
@@ -332,19 +335,20 @@ class Ledger:
         device: int,
         inode: int,
         claimed_path: str,
+        mtime_ns: int = 0,
     ) -> JobRecord:
         """Record a freshly claimed file in state ``claimed``; a job id is recorded only once."""
         if not _JOB_ID.fullmatch(job_id):
             raise LedgerError(f"invalid job id {job_id!r}")
         now = self._clock()
         values = (job_id, JobState.CLAIMED.value, source_name, dataset_id, record_type, profile)
-        values_tail = (content_sha256, size, device, inode, claimed_path, now, now)
+        values_tail = (content_sha256, size, device, inode, claimed_path, now, now, mtime_ns)
         try:
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO jobs (job_id, state, source_name, dataset_id, record_type, profile,"
-                    " content_sha256, size, device, inode, claimed_path, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " content_sha256, size, device, inode, claimed_path, created_at, updated_at,"
+                    " mtime_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (*values, *values_tail),
                 )
         except LedgerError as exc:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter
 from bulkd.documents import DocumentMapper
 from bulkd.encode import EncodedRows, encode_records, to_ndjson
-from bulkd.errors import BulkdError, RejectThresholdError
+from bulkd.errors import BulkdError, RejectThresholdError, StorageError
 from bulkd.group import Partitions, group_partition
 from bulkd.mapping import MappedBatch, MappingPlan, flatten_columns, map_batch, plan_mapping
 from bulkd.model import Reject, RejectRule, SourceBatch
@@ -95,8 +95,10 @@ class FileResult:
 class _Run:
     """State of one conversion: sinks, counters and the stage objects."""
 
-    def __init__(self, path: Path, out_dir: Path, settings: ConvertSettings, prefix: str) -> None:
-        self.input = str(path)
+    def __init__(
+        self, path: Path, out_dir: Path, settings: ConvertSettings, prefix: str, display_name: str | None
+    ) -> None:
+        self.input = display_name if display_name is not None else str(path)
         self.settings = settings
         self.checker = RecordChecker(settings.record_type)
         naming = ChunkNaming(settings.dataset_id, settings.record_type.name, settings.timestamp, prefix)
@@ -142,24 +144,46 @@ def convert_file(
     settings: ConvertSettings,
     progress: Progress | None = None,
     prefix: str = "",
+    *,
+    display_name: str | None = None,
 ) -> FileResult:
     """Convert one input file into chunks under ``out_dir`` (plus a reject file when needed).
 
     Whole-file problems are returned as ``FileResult.error`` (one sentence naming the file), never
-    raised, so that a batch of inputs goes on with the next file. Any other exception (such as one
-    raised by ``progress`` to cancel) removes the partial chunks and reject file, then propagates.
+    raised, so that a batch of inputs goes on with the next file. Too many rejects keep the reject
+    file (it says why) but no chunk. Local storage trouble (:class:`StorageError`: disk full, I/O
+    error) is not the file's fault: it propagates, like any other exception (such as one raised by
+    ``progress`` to cancel), after the partial chunks and reject file are removed.
+    ``display_name`` is how rejects and errors name the input (default: ``path``).
     """
     started = time.monotonic()
-    run = _Run(path, out_dir, settings, prefix)
+    run = _Run(path, out_dir, settings, prefix, display_name)
     try:
         with open_source(path, settings.read) as source:
             _convert(source, run, progress)
         _check_threshold(run)
         chunks = tuple(run.writer.finish()) if run.writer is not None else ()
         rejects_path = run.rejects.finish()
+    except RejectThresholdError as exc:
+        if run.writer is not None:
+            run.writer.abort()
+        return FileResult(
+            input=run.input,
+            rows=run.rows,
+            rejected=run.rejects.count,
+            rejects_path=run.rejects.finish(),
+            rejects_by_rule=dict(run.rejects.by_rule),
+            warnings=tuple(run.warnings),
+            error=str(exc),
+            seconds=time.monotonic() - started,
+        )
+    except StorageError:
+        run.abort()
+        raise
     except BulkdError as exc:
         run.abort()
-        return FileResult(input=run.input, rows=run.rows, error=str(exc), seconds=time.monotonic() - started)
+        error = str(exc).replace(str(path), run.input)  # the reader names the path it opened
+        return FileResult(input=run.input, rows=run.rows, error=error, seconds=time.monotonic() - started)
     except BaseException:
         # A progress callback may raise to cancel (daemon shutdown): leave no partial output.
         run.abort()

@@ -383,6 +383,7 @@ class Service:
                 device=claimed.device,
                 inode=claimed.inode,
                 claimed_path=str(claimed.work_path),
+                mtime_ns=claimed.mtime_ns,
             )
             log.info(
                 "claimed %s as job %s (%d bytes)",

@@ -168,3 +168,18 @@ def test_fsync_dir_reports_storage_error(tmp_path: Path) -> None:
     fsync_dir(tmp_path)
     with pytest.raises(StorageError):
         fsync_dir(tmp_path / "absent")
+
+
+def test_move_durable_moves_and_leaves_no_temp(tmp_path: Path) -> None:
+    from bulkd.durable import move_durable
+
+    src_dir, dst_dir = tmp_path / "a", tmp_path / "b"
+    src_dir.mkdir()
+    dst_dir.mkdir()
+    (src_dir / "f").write_bytes(b"x" * 100)
+    move_durable(src_dir / "f", dst_dir / "g")
+    assert (dst_dir / "g").read_bytes() == b"x" * 100
+    assert list(src_dir.iterdir()) == []
+    assert list(dst_dir.iterdir()) == [dst_dir / "g"]
+    with pytest.raises(StorageError, match="cannot move"):
+        move_durable(src_dir / "missing", dst_dir / "h")

@@ -54,14 +54,17 @@ def test_rejects_carry_no_cell_values(
     assert sorted(r["line"] for r in reject_lines(result)) == [2, 3, 4]
 
 
-def test_reject_ratio_fails_the_file_and_leaves_nothing(tmp_path: Path, convert: Convert) -> None:
+def test_reject_ratio_fails_the_file_with_no_chunk_but_its_rejects(tmp_path: Path, convert: Convert) -> None:
     path = tmp_path / "in.csv"
     path.write_text("link.customer_id,employee_flag\na,x\nb,y\nc,true\n")
     result = convert(path, "customer_record", max_reject_ratio=0.5)
     assert not result.ok
     assert "2 of 3 rows rejected" in (result.error or "")
     assert result.chunks == ()
-    assert list((tmp_path / "out").iterdir()) == []
+    assert (result.rows, result.rejected, result.rejects_by_rule) == (3, 2, {"type": 2})
+    assert result.rejects_path is not None
+    assert list((tmp_path / "out").iterdir()) == [result.rejects_path], "the rejects say why; no chunk"
+    assert [orjson.loads(line)["line"] for line in result.rejects_path.read_bytes().splitlines()] == [2, 3]
 
 
 def test_duplicate_headers_refuse_the_file(tmp_path: Path, convert: Convert) -> None:

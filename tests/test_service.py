@@ -163,12 +163,6 @@ def test_refused_files_go_to_failed_with_a_report(tmp_path: Path, sim: SimThread
     assert sim.stats("dsbad").uploads == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs.JobRunner._convert_file passes the work path to convert_file, so reject lines "
-    "('input') and whole-file errors name <work_dir>/<job><ext>, a file that no longer exists once "
-    "the job is archived under done/ or failed/, instead of the source (or its archived name)",
-)
 def test_rejects_and_errors_name_the_source_not_the_work_file(tmp_path: Path, sim: SimThread) -> None:
     daemon = Daemon.create(tmp_path, sim)
     f = customer_csv("dsname/customer_record/export.csv", 30)

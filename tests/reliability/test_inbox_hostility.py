@@ -140,16 +140,6 @@ def _all_finished(daemon: LiveDaemon) -> bool:
     return log.count(b" as job ") == log.count(b" finished: ") > 0
 
 
-CHANGED_AFTER_CLAIM_BUG = (
-    "bulkd/jobs.py JobRunner._convert_file converts the work file without re-checking it against the "
-    "identity recorded at claim (size, inode, content_sha256): a file truncated or appended through a "
-    "descriptor opened before the claim is converted as it now is, half its rows are never delivered "
-    "(or foreign rows are), and the job is archived as a success whose report's content_sha256 no "
-    "longer matches the archived file"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CHANGED_AFTER_CLAIM_BUG)
 @pytest.mark.parametrize("change", ["truncate", "append"])
 async def test_a_file_changed_after_its_claim_is_not_archived_as_delivered(
     tmp_path: Path, change: str

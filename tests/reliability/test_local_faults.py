@@ -35,12 +35,6 @@ from bulkd.selftest import (
     wait_until,
 )
 
-ENOSPC_CHUNK_BUG = (
-    "bulkd/pipeline.py convert_file catches BulkdError, and StorageError (ENOSPC/EIO from "
-    "ChunkWriter) is one, so a full spool becomes FileResult.error and jobs._convert marks the job "
-    "FAILED and archives the source to failed/ instead of letting the service defer it"
-)
-
 
 def _inputs(seed: int, files: int, rows: tuple[int, int]) -> InputSet:
     return generate_inputs(random.Random(seed), dataset_id=f"lf{seed}", files=files, rows=rows)
@@ -64,7 +58,6 @@ async def _recover_and_check(rig: Rig, daemon: LiveDaemon, inputs: InputSet) -> 
     assert not problems, problems
 
 
-@pytest.mark.xfail(strict=True, reason=ENOSPC_CHUNK_BUG)
 async def test_disk_full_while_writing_chunks_pauses_then_resumes(tmp_path: Path, tmpfs: Mount) -> None:
     small = tmpfs(tmp_path / "small", "4m")  # inbox, work, spool, done: one filesystem, as bulkd requires
     tuning = Tuning(extra={"state": {"dir": str(tmp_path / "state")}})
@@ -105,12 +98,7 @@ if _flag:
     ("target", "match"),
     [
         pytest.param("claim records", ".claim.json.", id="claim-record"),
-        pytest.param(
-            "chunk files",
-            ".ndjson.gz.",
-            id="chunk",
-            marks=pytest.mark.xfail(strict=True, reason=ENOSPC_CHUNK_BUG),
-        ),
+        pytest.param("chunk files", ".ndjson.gz.", id="chunk"),
     ],
 )
 async def test_fsync_failure_pauses_then_resumes(tmp_path: Path, target: str, match: str) -> None:
@@ -165,15 +153,6 @@ async def test_read_only_spool_is_refused_at_start(tmp_path: Path, tmpfs: Mount)
         assert "writable" in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bulkd/jobs.py JobRunner._move_rejects renames the reject file from spool/<job>/ into done/ "
-        "with rename_durable: a spool.dir on another filesystem (allowed by the config, unlike "
-        "inbox.work_dir) fails with EXDEV after every chunk is delivered, so each job with rejects "
-        "stays 'delivered' forever and is retried every retry_delivery_after"
-    ),
-)
 async def test_spool_on_another_filesystem_still_finishes_jobs(tmp_path: Path, tmpfs: Mount) -> None:
     spool = tmpfs(tmp_path / "spool", "64m")
     scenario = Scenario(
