@@ -33,6 +33,7 @@ def record(state: JobState, **fields: object) -> JobRecord:
         "report_path": None,
         "rejects_by_rule": {},
         "warnings": (),
+        "mtime_ns": 0,
     }
     values.update(fields)
     return JobRecord(**values)  # type: ignore[arg-type]
