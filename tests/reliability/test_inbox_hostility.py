@@ -169,15 +169,15 @@ async def test_a_file_changed_after_its_claim_is_not_archived_as_delivered(
             os.close(fd)
         await wait_until(lambda: daemon.log.count(b" finished: ") == 2, 90, "both jobs to end")
         await daemon.stop()
-        counts = tally(InputSet("dschg", (victim,), ()), await rig.objects("dschg"))
-        foreign = tally(InputSet("dschg", (other,), ()), await rig.objects("dschg")).delivered
-        archived = [orjson.loads(p.read_bytes()) for p in rig.ws.done.glob("*.report.json")]
-    victim_archived = [r for r in archived if r["dataset_id"] == "dschg"]
-    # Either exactly the claimed content arrived (impossible once it changed) or the job did not
-    # end as a success: it failed, naming the change.
-    if victim_archived:
-        assert counts.lost == 0, f"archived as delivered, but {counts.lost} claimed records were never sent"
-        assert foreign == 0, f"archived as delivered, with {foreign} records the claim never saw"
+        stored = await rig.objects("dschg")
+        failed = [orjson.loads(p.read_bytes()) for p in rig.ws.failed.glob("*.report.json")]
+        blocker_done = len(list(rig.ws.done.glob("*.report.json")))
+    # Exactly the claimed content can no longer arrive, so the job must not end as a success: it
+    # fails, naming the change, and sends nothing (neither what is left nor what was added).
+    assert stored == [], f"{sum(len(o.records) for o in stored)} records of a changed file were delivered"
+    assert [r["source"] for r in failed] == [victim.rel]
+    assert "changed after it was claimed" in failed[0]["error"], failed[0]["error"]
+    assert blocker_done == 1
 
 
 HEADER_ONLY = b"link.email,action_at,email_id,campaign_id\n"
