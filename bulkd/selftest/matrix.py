@@ -85,6 +85,11 @@ def fault_matrix(*, quick: bool, seed: int) -> list[Scenario]:
             scenarios.append(Scenario(label, next(seeds), faults=faults))
     points = list(all_crashpoints()) + ([] if quick else list(NTH_PASSES))
     scenarios += [Scenario(f"crash point {p}", next(seeds), crashpoint=p) for p in points]
+    for point in ("job.convert.batch", "upload.put.done") if not quick else ():
+        label = f"purchases (order lines fold into records), crash point {point}"
+        scenarios.append(
+            Scenario(label, next(seeds), crashpoint=point, record_type="purchase", rows=(80, 300))
+        )
     rng = random.Random(seed)
     busy = Faults(latency_seconds=0.1)  # uploads take a few seconds, so most kills land mid-work
     for _ in range(2 if quick else 5):

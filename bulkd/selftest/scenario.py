@@ -21,7 +21,14 @@ from pathlib import Path
 from bulkd.hubsim import DatasetStats, Faults, RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.secret import Secret
 from bulkd.selftest.daemon import RunRecord, Tuning, Workspace, run_daemon
-from bulkd.selftest.inputs import FORMATS, InputFile, InputSet, drop_into_inbox, generate_inputs
+from bulkd.selftest.inputs import (
+    FORMATS,
+    RECORD_TYPE,
+    InputFile,
+    InputSet,
+    drop_into_inbox,
+    generate_inputs,
+)
 from bulkd.selftest.oracle import (
     LedgerView,
     StoredObject,
@@ -56,6 +63,7 @@ class Scenario:
     rows: tuple[int, int] = (60, 160)
     invalid_ratio: float = 0.1
     formats: tuple[str, ...] = FORMATS
+    record_type: str = RECORD_TYPE
     tuning: Tuning = field(default_factory=Tuning)
     max_runs: int = 12
     run_timeout: float = 120.0
@@ -177,6 +185,7 @@ async def run_scenario(scenario: Scenario, root: Path) -> Outcome:
             rows=scenario.rows,
             invalid_ratio=scenario.invalid_ratio,
             formats=scenario.formats,
+            record_type=scenario.record_type,
         )
         drop_into_inbox(rig.ws.inbox, inputs.files[: scenario.files])
         problems = await _drive(scenario, rig, inputs, late_delay=rng.uniform(0.3, 1.5))
@@ -271,12 +280,14 @@ def random_scenario(seed: int, crashpoints: tuple[str, ...] = ()) -> Scenario:
     if crashpoints and rng.random() < 0.3:
         crash = f"{rng.choice(crashpoints)}:{rng.randint(1, 3)}"
         kills = ()
+    record_type = rng.choice(("email_open", "email_open", "purchase"))
     tuning = Tuning(
         chunk_max_records=rng.choice((25, 60, 150)),
         upload_concurrency=rng.choice((1, 4, 8)),
         parallel_files=rng.choice((1, 2)),
     )
     label = "+".join(name for name, _ in picked)
+    label += ", purchases" if record_type == "purchase" else ""
     label += f", crash {crash}" if crash else f", {len(kills)} kill(s)"
     return Scenario(
         name=f"soak {seed}: {label}",
@@ -288,6 +299,7 @@ def random_scenario(seed: int, crashpoints: tuple[str, ...] = ()) -> Scenario:
         files=rng.randint(2, 4),
         late_files=rng.randint(0, 2),
         rows=(20, rng.choice((80, 200))),
+        record_type=record_type,
         invalid_ratio=rng.choice((0.0, 0.05, 0.3)),
         tuning=tuning,
         max_runs=20,

@@ -51,3 +51,18 @@ async def test_sigkill_at_crash_point_then_restart(tmp_path: Path, crashpoint: s
     # One restart finishes the job: nothing waits for a retry timer or a second start.
     assert [run.exit_code for run in rest] == [0], outcome.explain()
     assert outcome.tally.delivered == outcome.tally.records_in > 0
+
+
+@pytest.mark.parametrize("crashpoint", ["job.convert.batch", "chunk.renamed:2", "upload.put.done"])
+async def test_purchases_fold_the_same_after_a_crash(tmp_path: Path, crashpoint: str) -> None:
+    """Order lines interleaved across the file fold into one record per order, spilling through
+    partitions in the spool; a crash mid-way must not split, drop or double an order."""
+    scenario = Scenario(
+        f"purchases, crash point {crashpoint}",
+        _seed(f"purchase {crashpoint}"),
+        crashpoint=crashpoint,
+        record_type="purchase",
+        rows=(150, 400),
+    )
+    outcome = await run_ok(scenario, tmp_path)
+    assert [run.exit_code for run in outcome.runs] == [-9, 0], outcome.explain()
