@@ -107,6 +107,7 @@ class Service:
         self._incomplete = False
         self._signals = 0
         self._hold_intake_until = 0.0
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -181,6 +182,8 @@ class Service:
         runner = JobRunner(conf, ledger, uploader, stopping=self.stopping)
         inbox = Inbox(self._inbox_settings())
         self._parts = Parts(ledger, uploader, runner, inbox, simulator)
+        if simulator is not None:
+            runner.listeners.append(self._report_dry_run)
         for claimed in await inbox.prepare():
             await self._adopt(claimed)
         active = await ledger.run(Ledger.jobs_in_state, *_ACTIVE)
@@ -294,6 +297,29 @@ class Service:
             poll_interval=conf.inbox.poll_interval,
             routes=routes,
             max_depth=conf.inbox.max_depth,
+        )
+
+    def _report_dry_run(self, event: JobEvent) -> None:
+        """In a dry run, say what the simulated dataset now holds once a job is archived."""
+        if event.kind == "job" and event.state == JobState.ARCHIVED.value:
+            task = asyncio.create_task(self._log_dataset(event.job_id))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+
+    async def _log_dataset(self, job_id: str) -> None:
+        parts = self.parts
+        job = await parts.ledger.run(Ledger.get_job, job_id)
+        if parts.simulator is None:
+            return
+        await parts.simulator.drain()
+        stats = parts.simulator.stats(job.dataset_id)
+        log.info(
+            "dry run: simulated dataset %s now holds %d records from %d upload(s); its load refused %d",
+            job.dataset_id,
+            stats.loaded,
+            stats.uploads,
+            stats.rejected,
+            extra={"event": "simulator", "dataset_id": job.dataset_id, "loaded": stats.loaded},
         )
 
     def _drop_sample(self) -> None:
@@ -450,6 +476,8 @@ class Service:
 
     async def _drain(self) -> None:
         """Give in-flight work the grace period, then cancel what is left (it resumes at next start)."""
+        if self._side_tasks:
+            await asyncio.wait(self._side_tasks, timeout=5.0)
         if not self._tasks:
             return
         grace = self.config.service.shutdown_grace_seconds

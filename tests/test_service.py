@@ -325,6 +325,7 @@ def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     assert source.startswith("demo/customer_record/customers-")
     assert source.endswith(".csv")
     assert (report["state"], report["rows"], report["records"], report["rejected"]) == ("archived", 40, 37, 3)
+    assert "dry run: simulated dataset demo now holds 37 records from 1 upload(s)" in proc.stderr
     objects = sorted((daemon.data_dir / "hubsim" / "objects").iterdir())
     assert [p.name for p in objects] == [f"{c['upload_id']}-{c['filename']}" for c in report["chunks"]]
     with gzip.open(io.BytesIO(objects[0].read_bytes())) as fh:
