@@ -3,8 +3,9 @@
 Each row is one injected fault (a crash point, a SIGKILL at a random time, a simulator fault
 or a random mix), run end to end against the real daemon: records in, records delivered,
 duplicates (the same record in two different chunks: must be 0), re-sent chunks (the same
-chunk's bytes stored again after the daemon died between the PUT and the ledger commit:
-at-least-once delivery, explained), and records lost (must be 0).
+chunk's bytes stored again under a second upload id that the ledger recorded and the report
+lists: at-least-once delivery after the daemon died between a PUT and its ledger commit, or
+after a PUT's answer was lost and its URL expired before the retry), and records lost (must be 0).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ SIMULATOR_FAULTS: tuple[tuple[str, Faults], ...] = (
     ("PUT stored, then connection reset (20%)", Faults(reset_after_body_rate=0.2)),
     ("presigned URLs expire within 1 s", Faults(url_ttl_seconds=1.0, latency_seconds=0.25)),
     (
+        "PUT stored, answer lost, URL expired before the retry",
+        Faults(reset_after_body_rate=0.3, url_ttl_seconds=1.0, latency_seconds=0.3),
+    ),
+    (
         "20% 500/503/429/resets + expiring URLs",
         Faults(
             post_errors={500: 0.05, 503: 0.05},
@@ -59,7 +64,7 @@ SIMULATOR_FAULTS: tuple[tuple[str, Faults], ...] = (
         ),
     ),
 )
-_QUICK_FAULTS = (0, 3, 4, 6)
+_QUICK_FAULTS = (0, 3, 4, 7)
 
 
 def all_crashpoints() -> tuple[str, ...]:
@@ -196,6 +201,7 @@ def run_selftest(out: TextIO, *, quick: bool, seed: int) -> int:
     out.write(
         f"\n{len(outcomes) - len(failed)}/{len(outcomes)} scenarios held every promise in "
         f"{time.monotonic() - started:.0f}s (seed {seed}). "
-        f"re-sent = chunks stored again after a kill between PUT and ledger commit ({resent} in all).\n"
+        f"re-sent = a chunk stored again under a second upload id, which its report lists "
+        f"(a kill between PUT and ledger commit, or a lost PUT answer and an expired URL): {resent} in all.\n"
     )
     return 1 if failed else 0

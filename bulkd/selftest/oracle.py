@@ -2,8 +2,10 @@
 
 * The simulator holds exactly the valid records, each once. Copies are counted by *chunk
   identity* (the object's bytes): the same chunk stored again under a second upload id is a
-  **re-send** (explained: the daemon died between the PUT and the ledger commit, and at-least-once
-  delivery sends it again); the same record in two different chunks is a **duplicate** (a bug).
+  **re-send**, explained when the ledger (and so the report) lists that upload id for the chunk:
+  at-least-once delivery sends a chunk again when the daemon died between the PUT and the ledger
+  commit, or when a PUT's answer was lost and its URL expired before the retry. The same record
+  in two different chunks is a **duplicate** (a bug), as is a stored copy the ledger never heard of.
 * Rejects hold exactly the invalid rows (by line) and never a cell value.
 * Nothing acknowledged is lost: every chunk the ledger calls delivered is in the object store
   with the recorded MD5; a source is in ``done/`` only if all its chunks were delivered.
@@ -114,17 +116,25 @@ class LedgerView:
 
     jobs: dict[str, JobRecord]
     chunks: dict[str, list[ChunkRecord]]
+    uploads: dict[tuple[str, str], set[str]]
+    """Every upload id the ledger recorded, by chunk (filename, MD5)."""
     problems: list[str]
 
     @classmethod
     def read(cls, state_dir: Path) -> LedgerView:
         if not (state_dir / DB_NAME).exists():
-            return cls({}, {}, [])
+            return cls({}, {}, {}, [])
         ledger = Ledger(state_dir)
         try:
             jobs = {j.job_id: j for j in ledger.list_jobs(limit=1 << 40)}
             chunks = {job_id: ledger.chunks_of(job_id) for job_id in jobs}
-            return cls(jobs, chunks, [f"ledger integrity: {p}" for p in ledger.integrity_check()])
+            uploads: dict[tuple[str, str], set[str]] = {}
+            for job_id, job_chunks in chunks.items():
+                ids = ledger.upload_ids(job_id)
+                for c in job_chunks:
+                    known = uploads.setdefault((c.filename, c.md5), set())
+                    known.update(ids.get(c.chunk_index, []), [c.upload_id] if c.upload_id else [])
+            return cls(jobs, chunks, uploads, [f"ledger integrity: {p}" for p in ledger.integrity_check()])
         finally:
             ledger.close()
 
@@ -144,6 +154,12 @@ def check_progress(
         for chunk in chunks:
             if chunk.state is ChunkState.DELIVERED and (chunk.filename, chunk.md5) not in stored:
                 problems.append(f"chunk {chunk.filename} of job {job_id} is delivered but not in the store")
+    for obj in objects:  # every stored copy is one bulkd knows it sent (and reports)
+        upload_id = obj.key.split("-", 1)[0]
+        if upload_id not in view.uploads.get((obj.filename, obj.md5), set()):
+            problems.append(
+                f"object {obj.key} is under an upload id the ledger never recorded for that chunk"
+            )
     problems += _check_places(ws, inputs, view)
     return problems
 

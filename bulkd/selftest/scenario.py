@@ -70,11 +70,6 @@ class Scenario:
     expect_delivery: bool = True
     """False when the fault must make every job fail (e.g. a presigned URL on a forbidden host)."""
 
-    @property
-    def injected(self) -> bool:
-        """Whether a run may die mid-work (re-sends are then explained)."""
-        return self.crashpoint is not None or bool(self.kill_times)
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -192,8 +187,6 @@ async def run_scenario(scenario: Scenario, root: Path) -> Outcome:
         if not problems:
             problems = await rig.final_problems(inputs, expect_delivery=scenario.expect_delivery)
         counts = tally(inputs, await rig.objects(inputs.dataset_id))
-        if counts.resent and not scenario.injected:
-            problems.append(f"{counts.resent} chunk(s) stored twice although no run was killed")
         stats = rig.sim.stats(inputs.dataset_id)
     return Outcome(scenario, rig.ws, inputs, counts, stats, problems, time.monotonic() - started)
 

@@ -7,6 +7,7 @@ thing wrong (no daemon runs here).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import random
 from pathlib import Path
@@ -15,9 +16,11 @@ from bulkd.hubsim import Faults
 from bulkd.secret import Secret
 from bulkd.selftest import (
     InputSet,
+    LedgerView,
     RunRecord,
     Workspace,
     all_crashpoints,
+    check_progress,
     fault_matrix,
     find_leaks,
     generate_inputs,
@@ -86,3 +89,20 @@ def test_the_fault_matrix_covers_every_crash_point_and_is_reproducible() -> None
         assert matrix[0].faults == Faults()
     assert [s.seed for s in fault_matrix(quick=False, seed=5)] == [s.seed for s in full]
     assert {s.seed for s in full}.isdisjoint(s.seed for s in fault_matrix(quick=False, seed=6))
+
+
+def test_a_stored_copy_the_ledger_never_recorded_is_a_problem(tmp_path: Path) -> None:
+    """A re-send is explained only when bulkd knows it sent the chunk again (the report lists the id)."""
+    inputs = dataclasses.replace(_inputs(), files=())
+    store = _store(tmp_path, {"1001-dsor_email_open_T_00001.ndjson.gz": [b"{}"]})
+    objects = read_store(store, "dsor")
+    ws = Workspace(tmp_path / "ws", api_url="http://127.0.0.1:1", token=Secret("t"))
+    ws.prepare()
+    chunk = (objects[0].filename, objects[0].md5)
+    known = LedgerView({}, {}, {chunk: {"1001"}}, [])
+    assert check_progress(ws, inputs, objects, known) == []
+    unknown = LedgerView({}, {}, {chunk: {"1002"}}, [])
+    (problem,) = check_progress(ws, inputs, objects, unknown)
+    assert problem.startswith(
+        "object 1001-dsor_email_open_T_00001.ndjson.gz is under an upload id the ledger never"
+    )
