@@ -220,6 +220,7 @@ async def test_a_thousand_small_files_at_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 async def test_ten_thousand_small_files_at_once(tmp_path: Path) -> None:
     await _many_files(tmp_path, 10_000, seconds=900)
 
