@@ -218,29 +218,19 @@ class JobRunner:
     async def _convert(self, job: JobRecord) -> JobRecord:
         async with self._convert_slots:
             result = await self._convert_file(job)
+        tallies = {
+            "rows": result.rows,
+            "rejected": result.rejected,
+            "rejects_by_rule": result.rejects_by_rule,
+            "warnings": result.warnings,
+        }
         if result.error is not None:
             log.error("job %s (%s) failed: %s", job.job_id, job.source_name, result.error)
-            return await self._transition(
-                job,
-                JobState.FAILED,
-                rows=result.rows,
-                rejected=result.rejected,
-                rejects_by_rule=result.rejects_by_rule,
-                warnings=result.warnings,
-                error=result.error,
-            )
+            return await self._transition(job, JobState.FAILED, error=result.error, **tallies)
         for info in result.chunks:
             await self._record_chunk(job, info)
         self.live[job.job_id].chunks_total = len(result.chunks)
-        return await self._transition(
-            job,
-            JobState.CONVERTED,
-            rows=result.rows,
-            records=result.records,
-            rejected=result.rejected,
-            rejects_by_rule=result.rejects_by_rule,
-            warnings=result.warnings,
-        )
+        return await self._transition(job, JobState.CONVERTED, records=result.records, **tallies)
 
     async def _record_chunk(self, job: JobRecord, info: ChunkInfo) -> ChunkRecord:
         return await self.ledger.run(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from bulkd.config import Config
+from bulkd.config import Config, UploadSection
 from bulkd.durable import remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
@@ -50,6 +51,12 @@ EXIT_INCOMPLETE = 1
 """``--once`` finished with a failed job or with deliveries left for a later run."""
 EXIT_SECOND_SIGNAL = 130
 _ACTIVE = (JobState.CLAIMED, JobState.CONVERTING, JobState.CONVERTED, JobState.DELIVERING, JobState.DELIVERED)
+_UPLOAD_TUNING = tuple(
+    sorted(
+        {f.name for f in dataclasses.fields(UploadSettings)}
+        & set(UploadSection.model_fields) - {"api_url", "token", "allowed_url_hosts", "require_https"}
+    )
+)
 _QUEUED_CONVERSIONS = 2
 """Jobs claimed beyond those converting: enough to keep converters busy, few enough to stay fair."""
 
@@ -249,22 +256,10 @@ class Service:
             hosts, https = up.allowed_url_hosts, up.require_https
         else:  # load_config refuses an API without a token
             raise AssertionError("an API URL without a token passed configuration")
+        # Every other [upload] key is an UploadSettings field of the same name and meaning.
+        tuning = {name: getattr(up, name) for name in _UPLOAD_TUNING}
         return UploadSettings(
-            api_url=api_url,
-            token=token,
-            concurrency=up.concurrency,
-            requests_per_second=up.requests_per_second,
-            max_attempts=up.max_attempts,
-            backoff_base=up.backoff_base,
-            backoff_cap=up.backoff_cap,
-            retry_budget=up.retry_budget,
-            allowed_url_hosts=hosts,
-            require_https=https,
-            connect_timeout=up.connect_timeout,
-            read_timeout=up.read_timeout,
-            min_throughput_bytes_per_s=up.min_throughput_bytes_per_s,
-            url_refresh_limit=up.url_refresh_limit,
-            retry_after_cap=up.retry_after_cap,
+            api_url=api_url, token=token, allowed_url_hosts=hosts, require_https=https, **tuning
         )
 
     async def _start_simulator(self, token: Secret) -> RunningSimulator:
