@@ -8,6 +8,7 @@ refusal (:class:`InputError`) or a reject ratio above the threshold leaves no ch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -39,6 +40,7 @@ from bulkd.schemas import RecordType
 from bulkd.validate import RecordChecker
 
 __all__ = ["ConvertSettings", "FileResult", "Progress", "convert_file", "summary_json"]
+
 
 Progress = Callable[[int, int], None]
 """Called after each batch with (rows so far, input bytes so far)."""
@@ -157,6 +159,7 @@ def convert_file(
     ``display_name`` is how rejects and errors name the input (default: ``path``).
     """
     started = time.monotonic()
+    _choose_memory_pool()
     run = _Run(path, out_dir, settings, prefix, display_name)
     try:
         with open_source(path, settings.read) as source:
@@ -206,6 +209,20 @@ def convert_file(
         warnings=tuple(run.warnings),
         seconds=time.monotonic() - started,
     )
+
+
+@functools.cache
+def _choose_memory_pool() -> None:
+    """Arrow's jemalloc pool, when pyarrow has it and the user chose none.
+
+    Units are allocated on the reading thread and freed on the workers; mimalloc (pyarrow's
+    default on Linux) kept ~70 MB more resident than jemalloc for 1 M customer rows (365 against
+    290 MB peak RSS), at the same CPU time. ``ARROW_DEFAULT_MEMORY_POOL`` still decides when set.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def _check_threshold(run: _Run) -> None:
@@ -312,15 +329,42 @@ def _workers(settings: ConvertSettings) -> int:
     return min(4, cpus) if cpus > 1 else 0
 
 
-def _slices(batch: SourceBatch, rows: int) -> Iterator[SourceBatch]:
-    """The batch in units of at most ``rows`` rows (zero-copy; the reader's rejects are counted already)."""
-    n = batch.data.num_rows
-    if n <= rows:
-        yield batch
-        return
-    for start in range(0, n, rows):
-        data = batch.data.slice(start, rows)
-        yield SourceBatch(data, batch.lines.slice(start, rows), (), batch.bytes_read)
+def _units(batches: Iterator[SourceBatch], rows: int) -> Iterator[SourceBatch]:
+    """The batches regrouped into units of exactly ``rows`` rows (the last may be shorter).
+
+    Unit boundaries, and so the deflate blocks and the output bytes, do not depend on how the
+    reader cut its batches (its block size). A unit within one batch is a zero-copy slice; one
+    spanning batches is concatenated (a copy of a few MB). The reader's rejects are counted
+    already, so units carry none.
+    """
+    held: list[SourceBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.data.num_rows == 0:
+            continue
+        held.append(batch)
+        count += batch.data.num_rows
+        if count < rows:
+            continue
+        whole = held[0] if len(held) == 1 else _concat(held)
+        n = whole.data.num_rows
+        full = n - n % rows
+        for start in range(0, full, rows):
+            yield _piece(whole, start, rows)
+        held = [_piece(whole, full, n - full)] if full < n else []
+        count = n - full
+    if held:
+        yield held[0] if len(held) == 1 else _concat(held)
+
+
+def _piece(batch: SourceBatch, start: int, rows: int) -> SourceBatch:
+    return SourceBatch(batch.data.slice(start, rows), batch.lines.slice(start, rows), (), batch.bytes_read)
+
+
+def _concat(batches: list[SourceBatch]) -> SourceBatch:
+    data = pa.concat_batches([b.data for b in batches])
+    lines = pa.concat_arrays([b.lines for b in batches])
+    return SourceBatch(data, lines, (), batches[-1].bytes_read)
 
 
 def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
@@ -344,12 +388,11 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
 
     ordered: _Ordered[_Done] = _Ordered(_workers(run.settings))
     try:
-        for raw in batches:
-            batch = _flat(source, raw)
-            plan = plan_for(batch.data)
-            for piece in _slices(batch, run.settings.work_rows):
-                for done in ordered.submit(functools.partial(work, plan, piece)):
-                    run.deliver(done)
+        flat = (_flat(source, raw) for raw in batches)
+        for piece in _units(flat, run.settings.work_rows):
+            plan = plan_for(piece.data)
+            for done in ordered.submit(functools.partial(work, plan, piece)):
+                run.deliver(done)
         for done in ordered.drain():
             run.deliver(done)
     finally:
@@ -370,12 +413,11 @@ def _convert_groups(source: Source, batches: Iterator[SourceBatch], run: _Run) -
                 no_key = partitions.add(mapped, grouping.key)
                 run.reject(_keyless_rejects(run.input, mapped, no_key, grouping.key))
 
-            for raw in batches:
-                batch = _flat(source, raw)
-                plan = plan_for(batch.data)
-                for piece in _slices(batch, run.settings.work_rows):
-                    for mapped in ordered.submit(functools.partial(map_batch, plan, piece)):
-                        take(mapped)
+            flat = (_flat(source, raw) for raw in batches)
+            for piece in _units(flat, run.settings.work_rows):
+                plan = plan_for(piece.data)
+                for mapped in ordered.submit(functools.partial(map_batch, plan, piece)):
+                    take(mapped)
             for mapped in ordered.drain():
                 take(mapped)
             for table in partitions.tables():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import re
@@ -17,6 +18,7 @@ from bulkd.chunk import ChunkLimits, ChunkNaming
 from bulkd.cli import main
 from bulkd.errors import ConfigError
 from bulkd.pipeline import ConvertSettings, FileResult, convert_file
+from bulkd.read import ReadOptions
 from bulkd.schemas import load_record_type
 
 Convert = Callable[..., FileResult]
@@ -169,6 +171,21 @@ def test_chunk_bytes_do_not_depend_on_threads(tmp_path: Path, level: int) -> Non
         assert not single.unused_data
         assert raw.count(b"\n") == chunk.records
         assert raw == gzip.decompress(data)
+
+
+def test_chunk_bytes_do_not_depend_on_the_reader_block_size(tmp_path: Path) -> None:
+    """Units are regrouped to ``work_rows`` rows, however the reader cut its batches."""
+    src = _mixed_customers(tmp_path, 5000)
+    limits = ChunkLimits(max_records=1700)
+    digests = []
+    for block in (300, 4096, 1 << 20):
+        out = tmp_path / f"b{block}"
+        out.mkdir()
+        settings = dataclasses.replace(_settings(2, limits), read=ReadOptions(block_size=block))
+        result = convert_file(src, out, settings)
+        assert result.rows == 5000 == result.rows_delivered + result.rejected
+        digests.append([c.sha256_hex for c in result.chunks])
+    assert digests[0] == digests[1] == digests[2]
 
 
 def test_cancelling_progress_leaves_no_thread_and_no_chunk(tmp_path: Path) -> None:

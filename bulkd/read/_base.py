@@ -31,7 +31,8 @@ class ReadOptions:
     encoding: str | None = None
     batch_rows: int = 65_536
     block_size: int = 4 << 20
-    """CSV block bytes; also the longest CSV record that can be read (a longer one refuses the file)."""
+    """The most CSV block bytes; the reader uses 1 MiB blocks unless rows are wide (64 rows a block).
+    A record longer than about one block refuses the file."""
     max_field_bytes: int = 1 << 20
     max_line_bytes: int = 16 << 20
     max_columns: int = 10_000

@@ -19,6 +19,9 @@ from bulkd.read._base import ReadOptions, Source, SourceFormat
 from bulkd.read._cells import CellChecks, Ints
 from bulkd.read._stream import SNIFF_BYTES, Stream
 
+_AIM_BLOCK = 1 << 20
+_AIM_ROWS_WIDE = 64
+
 
 def line_breaks(text: bytes) -> int:
     """Physical line breaks in ``text``: LF, CR and CRLF each count once, as pyarrow sees them."""
@@ -200,8 +203,12 @@ class CsvSource(Source):
     def _open_reader(self, row_bytes: int) -> Any:
         """Serial reader (row numbers in the handler need it), all binary, multi-line values on."""
         o = self._options
-        # Aim at batch_rows rows per block, but never below 1 MiB: a record must fit in one block.
-        self._block = block = min(o.block_size, max(1 << 20, row_bytes * o.batch_rows))
+        # 1 MiB blocks unless rows are wide (a record must fit in a block, about two at most):
+        # pyarrow's reader keeps several blocks in flight, so at 4 MiB it peaks ~140 MB higher
+        # (1 M customer rows: 267 MB against 137 MB RSS for open_csv alone), and no faster.
+        # The pipeline regroups batches into units of its own size, so output bytes do not
+        # depend on this.
+        self._block = block = min(o.block_size, max(_AIM_BLOCK, row_bytes * _AIM_ROWS_WIDE))
         try:
             reader = pacsv.open_csv(
                 pa.PythonFile(self._stream, mode="r"),
