@@ -236,6 +236,10 @@ def _run_problems(run: RunRecord, crash: str | None) -> list[str]:
         return [f"run {run.number} never reached crash point {crash} (exit {run.exit_code})"]
     if run.exit_code not in (0, 1) and not run.killed:
         return [f"run {run.number} ended with exit status {run.exit_code}"]
+    log = run.log.read_bytes() if run.log.exists() else b""
+    if not run.killed and b"bulkd running" not in log:
+        last = (log.strip().splitlines()[-1:] or [b"(no output)"])[0][:300].decode(errors="replace")
+        return [f"run {run.number} exited {run.exit_code} without starting: {last}"]
     if run.killed and run.crashed_at is None and run.killed_after is None:
         return [f"run {run.number} was killed by something else"]
     return []
