@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter
 from bulkd.documents import DocumentMapper
-from bulkd.encode import EncodedRows, encode_records, to_ndjson
+from bulkd.encode import EncodedRows, encode_ndjson, to_ndjson
 from bulkd.errors import BulkdError, RejectThresholdError, StorageError
 from bulkd.group import Partitions, group_partition
 from bulkd.mapping import MappedBatch, MappingPlan, flatten_columns, map_batch, plan_mapping
@@ -118,7 +118,7 @@ class _Run:
     def emit(self, records: pa.Array, rows_in_records: int) -> None:
         if len(records) == 0:
             return
-        self.emit_encoded(to_ndjson(encode_records(records)), rows_in_records)
+        self.emit_encoded(encode_ndjson(records), rows_in_records)
 
     def emit_encoded(self, encoded: EncodedRows | Block, rows_in_records: int) -> None:
         if self.writer is not None:
@@ -371,7 +371,7 @@ def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
     """Valid records as a deflated block (none when nothing is written): a unit of work."""
     if run.writer is None or len(records) == 0:
         return _Done([], None, rows_delivered, len(records))
-    block = Block.make(to_ndjson(encode_records(records)), run.settings.limits.gzip_level)
+    block = Block.make(encode_ndjson(records), run.settings.limits.gzip_level)
     return _Done([], block, rows_delivered, len(records))
 
 

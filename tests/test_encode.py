@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import orjson
 import pyarrow as pa
+import pytest
 
-from bulkd.encode import encode_records, to_ndjson
+from bulkd.encode import encode_ndjson, encode_records, to_ndjson
 
 
 def test_records_encode_as_json_without_nulls() -> None:
@@ -44,3 +45,20 @@ def test_to_ndjson_offsets_slice_records() -> None:
     assert bytes(encoded.slice_bytes(0, 2)) == b'{"a":22}\n{"a":333}\n'
     assert bytes(encoded.slice_bytes(1, 2)) == b'{"a":333}\n'
     assert encoded.nbytes == len(b'{"a":22}\n{"a":333}\n')
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"a": 1}, {"a": 22}, {"a": 333}],
+        [{"a": None, "b": "x"}, {"a": 2, "b": None}, {"a": None, "b": None}],
+        [{"o": {"p": None}, "q": [1, 2]}, {"o": {"p": "y\n"}, "q": None}],
+        [{}, {}],
+    ],
+)
+def test_encode_ndjson_is_the_records_with_newlines(rows: list[dict[str, object]]) -> None:
+    records = pa.array(rows).slice(1) if len(rows) > 2 else pa.array(rows)
+    direct = encode_ndjson(records)
+    joined = to_ndjson(encode_records(records))
+    assert bytes(direct.slice_bytes(0, direct.count)) == bytes(joined.slice_bytes(0, joined.count))
+    assert list(direct.offsets) == list(joined.offsets)
