@@ -21,6 +21,7 @@ __all__ = [
     "all_false",
     "calendar_ok",
     "empty_to_null",
+    "iso_dates_ok",
     "to_boolean",
     "to_date",
     "to_datetime",
@@ -66,10 +67,26 @@ def _bad_where(values: pa.Array, original: pa.Array) -> pa.BooleanArray:
 
 
 def empty_to_null(arr: pa.Array) -> pa.Array:
-    """Treat empty strings as absent cells (they are omitted, never written as ``null``)."""
+    """Treat empty strings as absent cells (they are omitted, never written as ``null``).
+
+    Zero-copy: only a new validity bitmap is made (from the offsets: an empty cell has equal
+    ones); the offsets and string bytes are shared with ``arr``.
+    """
     if arr.null_count == len(arr) or not pa.types.is_string(arr.type):
         return arr
-    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    n, start = len(arr), arr.offset
+    _validity, offsets, data = arr.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=start * 4)
+    keep = ends[1:] != ends[:-1]
+    if arr.null_count:
+        keep &= arr.is_valid().to_numpy(zero_copy_only=False)
+    elif keep.all():
+        return arr
+    bits = np.zeros(start + n, dtype=np.bool_)  # the bitmap is read from bit ``start`` on, as the offsets
+    bits[start:] = keep
+    mask = pa.py_buffer(np.packbits(bits, bitorder="little"))
+    nulls = n - int(np.count_nonzero(keep))
+    return pa.Array.from_buffers(arr.type, n, [mask, offsets, data], null_count=nulls, offset=start)
 
 
 def _as_text(arr: pa.Array) -> pa.Array:
@@ -177,10 +194,59 @@ def calendar_ok(year: pa.Array, month: pa.Array, day: pa.Array) -> pa.BooleanArr
     times as much.
     """
     y, m, d = (_digits_or_zero(part) for part in (year, month, day))
+    return pa.array(_real_days(y, m, d))
+
+
+def _real_days(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
     month_ok = (m >= 1) & (m <= 12)
     days = _DAYS_IN_MONTH[np.where(month_ok, m, 0)] + ((m == 2) & leap)
-    return pa.array(month_ok & (y >= 1) & (y <= 9999) & (d >= 1) & (d <= days))
+    real: np.ndarray = month_ok & (y >= 1) & (y <= 9999) & (d >= 1) & (d <= days)
+    return real
+
+
+_DATE_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9])
+_DATE_WEIGHTS = np.array(
+    [[1000, 100, 10, 1, 0, 0, 0, 0], [0, 0, 0, 0, 10, 1, 0, 0], [0, 0, 0, 0, 0, 0, 10, 1]], dtype=np.int32
+).T
+
+
+def iso_dates_ok(arr: pa.Array) -> np.ndarray | None:
+    """The fast path for dates already in standard form, straight from the string bytes.
+
+    When every present value of a ``string`` array is exactly ``DDDD-DD-DD`` (ASCII digits): a
+    mask, True where the value names a real calendar day, False for nulls. When any present value
+    has another shape (spaces, other lengths or separators), None: the caller takes the regex
+    path, which gives the same answer for these values. The present values usually lie end to
+    end in the data buffer, ten bytes each, so no gather and no regex runs.
+    """
+    if not pa.types.is_string(arr.type):
+        return None
+    n = len(arr)
+    _validity, offsets, data = arr.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    lengths = np.diff(ends)
+    present = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, np.bool_)
+    if not (lengths[present] == 10).all():
+        return None
+    k = int(np.count_nonzero(present))
+    if k == 0:
+        return present
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if k == n or not lengths[~present].any():  # present values end to end: no gather
+        raw = buffer[int(ends[0]) : int(ends[0]) + 10 * k].reshape(k, 10)
+    else:  # null slots that still hold bytes (a struct's nulls pushed down to its fields)
+        raw = buffer[ends[:-1][present][:, None] + np.arange(10)]
+    digits = raw[:, _DATE_DIGITS] - np.uint8(48)  # bytes below '0' wrap around above 9
+    if (digits > 9).any() or not ((raw[:, 4] == 45) & (raw[:, 7] == 45)).all():
+        return None
+    ymd = digits.astype(np.int32) @ _DATE_WEIGHTS
+    real = _real_days(ymd[:, 0], ymd[:, 1], ymd[:, 2])
+    if k == n:
+        return real
+    out = np.zeros(n, dtype=np.bool_)
+    out[present] = real
+    return out
 
 
 def _digits(text: pa.Array) -> pa.Array:
@@ -202,6 +268,12 @@ def to_date(arr: pa.Array) -> Coerced:
     if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
         out = pc.strftime(arr, format="%Y-%m-%d")
         return Coerced(out, all_false(len(arr)))
+    fast = iso_dates_ok(arr)
+    if fast is not None:
+        if int(np.count_nonzero(fast)) == len(arr) - arr.null_count:
+            return Coerced(arr, all_false(len(arr)))  # all real days: zero-copy
+        out = pc.if_else(pa.array(fast), arr, pa.scalar(None, pa.string()))
+        return Coerced(out, _bad_where(out, arr))
     text = pc.utf8_trim_whitespace(_as_text(arr))
     parts = pc.extract_regex(text, _DATE_IN)
     y, m, d = (parts.field(i) for i in range(3))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulkd import coerce
 from bulkd.coerce import DateTimeStyle
@@ -144,6 +147,18 @@ def test_empty_to_null() -> None:
     assert coerce.empty_to_null(_texts(["", "a", None])).to_pylist() == [None, "a", None]
 
 
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["", "a", "bc", "é"])), max_size=40), st.data())
+def test_empty_to_null_on_slices_agrees_with_kernels(cells: list[str | None], data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(cells)))
+    stop = data.draw(st.integers(start, len(cells)))
+    arr = _texts(cells).slice(start, stop - start)
+    got = coerce.empty_to_null(arr)
+    got.validate(full=True)
+    expected = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    assert got.to_pylist() == expected.to_pylist()
+    assert got.null_count == expected.null_count
+
+
 def test_string_lists() -> None:
     got = coerce.to_string_list(_texts(['["a","b"]', "x|y||z", "solo", '["a", 1]', "[oops", None]), "|")
     assert got.values.to_pylist() == [["a", "b"], ["x", "y", "z"], ["solo"], None, None, None]
@@ -159,3 +174,35 @@ def test_calendar_ok_leap_years_and_non_digits() -> None:
         *(False, False, False, False),  # year 0, empty, absent, non-ASCII digits
         *(False, False),  # month out of range
     ]
+
+
+_DATE_LIKE = st.one_of(
+    st.none(),
+    st.builds("{:04d}-{:02d}-{:02d}".format, st.integers(0, 10000), st.integers(0, 13), st.integers(0, 32)),
+    st.text("0123456789- x/", min_size=9, max_size=11),
+)
+
+
+@given(st.lists(_DATE_LIKE, max_size=30), st.data())
+def test_date_fast_path_agrees_with_the_regex_path(cells: list[str | None], data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(cells)))
+    arr = _texts(cells).slice(start)
+    got = coerce.to_date(arr)
+    parts = pc.extract_regex(pc.utf8_trim_whitespace(arr), coerce._DATE_IN)
+    ok = pc.and_(pc.is_valid(parts), coerce.calendar_ok(parts.field(0), parts.field(1), parts.field(2)))
+    expected = pc.if_else(ok, pc.utf8_trim_whitespace(arr), pa.scalar(None, pa.string()))
+    assert got.values.to_pylist() == expected.to_pylist()
+    assert got.bad.to_pylist() == pc.and_(arr.is_valid(), expected.is_null()).to_pylist()
+    fast = coerce.iso_dates_ok(arr)
+    if fast is not None:
+        assert fast.tolist() == pc.fill_null(ok, False).to_pylist()
+
+
+def test_date_fast_path_reads_around_null_slots_that_hold_bytes() -> None:
+    days = pa.array(["1990-01-01", "1990-02-30", "2000-02-29", "1900-02-29"])
+    parent = pa.StructArray.from_arrays([days], names=["d"], mask=pa.array([False, True, False, False]))
+    flat = parent.flatten()[0]  # the struct's null pushed down: slot 1 is null but keeps its bytes
+    fast = coerce.iso_dates_ok(flat)
+    assert fast is not None
+    assert fast.tolist() == [True, False, True, False]
+    assert coerce.to_date(flat).values.to_pylist() == ["1990-01-01", None, "2000-02-29", None]
