@@ -22,6 +22,7 @@ __all__ = [
     "calendar_ok",
     "empty_to_null",
     "iso_dates_ok",
+    "iso_datetimes_ok",
     "to_boolean",
     "to_date",
     "to_datetime",
@@ -205,48 +206,82 @@ def _real_days(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return real
 
 
-_DATE_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9])
-_DATE_WEIGHTS = np.array(
-    [[1000, 100, 10, 1, 0, 0, 0, 0], [0, 0, 0, 0, 10, 1, 0, 0], [0, 0, 0, 0, 0, 0, 10, 1]], dtype=np.int32
-).T
+def _fixed_form(arr: pa.Array, template: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The digits of a string array whose present values are all spelled exactly like ``template``.
+
+    ``9`` in the template stands for an ASCII digit, any other character for itself. Returns
+    ``(digits, present)``: the digit values (one row per present value, one int32 column per
+    ``9``) and the mask of present rows; None when any present value has another shape. The
+    present values usually lie end to end in the data buffer, so no gather and no regex runs.
+    """
+    if not pa.types.is_string(arr.type):
+        return None
+    n, width = len(arr), len(template)
+    _validity, offsets, data = arr.buffers()
+    ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    lengths = np.diff(ends)
+    present = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, np.bool_)
+    if not (lengths[present] == width).all():
+        return None
+    k = int(np.count_nonzero(present))
+    form = np.frombuffer(template.encode("ascii"), dtype=np.uint8)
+    at_digit = form == ord("9")
+    if k == 0:
+        return np.zeros((0, int(at_digit.sum())), dtype=np.int32), present
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if k == n or not lengths[~present].any():  # present values end to end: no gather
+        raw = buffer[int(ends[0]) : int(ends[0]) + width * k].reshape(k, width)
+    else:  # null slots that still hold bytes (a struct's nulls pushed down to its fields)
+        raw = buffer[ends[:-1][present][:, None] + np.arange(width)]
+    digits = raw[:, at_digit] - np.uint8(48)  # bytes below '0' wrap around above 9
+    if (digits > 9).any() or not (raw[:, ~at_digit] == form[~at_digit]).all():
+        return None
+    return digits.astype(np.int32), present
+
+
+def _numbers(digits: np.ndarray, widths: tuple[int, ...]) -> list[np.ndarray]:
+    """Consecutive runs of ``widths`` digit columns as numbers (``(4, 2, 2)``: year, month, day)."""
+    out, start = [], 0
+    for w in widths:
+        value = np.zeros(len(digits), dtype=np.int32)
+        for col in range(start, start + w):
+            value = value * 10 + digits[:, col]
+        out.append(value)
+        start += w
+    return out
+
+
+def _spread(present: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Values of the present rows as a mask over all rows (False where absent)."""
+    if len(values) == len(present):
+        return values
+    out = np.zeros(len(present), dtype=np.bool_)
+    out[present] = values
+    return out
 
 
 def iso_dates_ok(arr: pa.Array) -> np.ndarray | None:
     """The fast path for dates already in standard form, straight from the string bytes.
 
-    When every present value of a ``string`` array is exactly ``DDDD-DD-DD`` (ASCII digits): a
-    mask, True where the value names a real calendar day, False for nulls. When any present value
-    has another shape (spaces, other lengths or separators), None: the caller takes the regex
-    path, which gives the same answer for these values. The present values usually lie end to
-    end in the data buffer, ten bytes each, so no gather and no regex runs.
+    When every present value of a ``string`` array is exactly ``YYYY-MM-DD`` (ASCII digits): a
+    mask, True where the value names a real calendar day, False for nulls. Otherwise None: the
+    caller takes the regex path, which gives the same answer for these values.
     """
-    if not pa.types.is_string(arr.type):
+    found = _fixed_form(arr, "9999-99-99")
+    if found is None:
         return None
-    n = len(arr)
-    _validity, offsets, data = arr.buffers()
-    ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
-    lengths = np.diff(ends)
-    present = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, np.bool_)
-    if not (lengths[present] == 10).all():
+    digits, present = found
+    return _spread(present, _real_days(*_numbers(digits, (4, 2, 2))))
+
+
+def iso_datetimes_ok(arr: pa.Array) -> np.ndarray | None:
+    """As :func:`iso_dates_ok`, for date-times already in bulkd's output form ``YYYY-MM-DDTHH:MM:SSZ``."""
+    found = _fixed_form(arr, "9999-99-99T99:99:99Z")
+    if found is None:
         return None
-    k = int(np.count_nonzero(present))
-    if k == 0:
-        return present
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if k == n or not lengths[~present].any():  # present values end to end: no gather
-        raw = buffer[int(ends[0]) : int(ends[0]) + 10 * k].reshape(k, 10)
-    else:  # null slots that still hold bytes (a struct's nulls pushed down to its fields)
-        raw = buffer[ends[:-1][present][:, None] + np.arange(10)]
-    digits = raw[:, _DATE_DIGITS] - np.uint8(48)  # bytes below '0' wrap around above 9
-    if (digits > 9).any() or not ((raw[:, 4] == 45) & (raw[:, 7] == 45)).all():
-        return None
-    ymd = digits.astype(np.int32) @ _DATE_WEIGHTS
-    real = _real_days(ymd[:, 0], ymd[:, 1], ymd[:, 2])
-    if k == n:
-        return real
-    out = np.zeros(n, dtype=np.bool_)
-    out[present] = real
-    return out
+    digits, present = found
+    y, m, d, hh, mi, ss = _numbers(digits, (4, 2, 2, 2, 2, 2))
+    return _spread(present, _real_days(y, m, d) & (hh <= 23) & (mi <= 59) & (ss <= 59))
 
 
 def _digits(text: pa.Array) -> pa.Array:
@@ -263,6 +298,14 @@ def _digits_or_zero(text: pa.Array) -> np.ndarray:
     return numbers
 
 
+def _kept_where(ok: np.ndarray, arr: pa.Array) -> Coerced:
+    """``arr`` where ``ok``, else null (zero-copy when every present value is ok)."""
+    if int(np.count_nonzero(ok)) == len(arr) - arr.null_count:
+        return Coerced(arr, all_false(len(arr)))
+    out = pc.if_else(pa.array(ok), arr, pa.scalar(None, pa.string()))
+    return Coerced(out, _bad_where(out, arr))
+
+
 def to_date(arr: pa.Array) -> Coerced:
     """ISO ``YYYY-MM-DD`` strings that name a real day; Arrow dates and timestamps are formatted."""
     if pa.types.is_date(arr.type) or pa.types.is_timestamp(arr.type):
@@ -270,10 +313,7 @@ def to_date(arr: pa.Array) -> Coerced:
         return Coerced(out, all_false(len(arr)))
     fast = iso_dates_ok(arr)
     if fast is not None:
-        if int(np.count_nonzero(fast)) == len(arr) - arr.null_count:
-            return Coerced(arr, all_false(len(arr)))  # all real days: zero-copy
-        out = pc.if_else(pa.array(fast), arr, pa.scalar(None, pa.string()))
-        return Coerced(out, _bad_where(out, arr))
+        return _kept_where(fast, arr)
     text = pc.utf8_trim_whitespace(_as_text(arr))
     parts = pc.extract_regex(text, _DATE_IN)
     y, m, d = (parts.field(i) for i in range(3))
@@ -294,6 +334,9 @@ def to_datetime(arr: pa.Array, style: DateTimeStyle) -> Coerced:
     if pa.types.is_date(arr.type):
         text = pc.strftime(arr, format="%Y-%m-%d")
     else:
+        fast = iso_datetimes_ok(arr)
+        if fast is not None:  # already in the output form: nothing to rewrite
+            return _kept_where(fast, arr)
         text = pc.utf8_trim_whitespace(_as_text(arr))
     p = pc.extract_regex(text, _DT_IN)
     y, mo, d, hh, mi, ss, frac, tz = (p.field(i) for i in range(8))

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bulkd.coerce import calendar_ok, iso_dates_ok
+from bulkd.coerce import calendar_ok, iso_dates_ok, iso_datetimes_ok
 from bulkd.encode import encode_records
 from bulkd.errors import SchemaError
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
@@ -216,7 +216,8 @@ def _string_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
 
 
 def _format_ok(fmt: str, arr: pa.Array) -> pa.BooleanArray:
-    if fmt == "date" and (fast := iso_dates_ok(arr)) is not None:
+    fast = iso_dates_ok(arr) if fmt == "date" else iso_datetimes_ok(arr) if fmt == "date-time" else None
+    if fast is not None:
         return pa.array(fast)
     parts = pc.extract_regex(arr, _FORMAT_RES[fmt])
     shaped = parts.is_valid()

@@ -206,3 +206,33 @@ def test_date_fast_path_reads_around_null_slots_that_hold_bytes() -> None:
     assert fast is not None
     assert fast.tolist() == [True, False, True, False]
     assert coerce.to_date(flat).values.to_pylist() == ["1990-01-01", None, "2000-02-29", None]
+
+
+_DATETIME_LIKE = st.one_of(
+    st.none(),
+    st.builds(
+        "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}Z".format,
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.integers(0, 61),
+    ),
+    st.sampled_from(["2024-01-01T00:00:00z", "2024-01-01 00:00:00Z", "2024-01-01T00:00:00+10:00", ""]),
+)
+
+
+@given(st.lists(_DATETIME_LIKE, max_size=30), st.data())
+def test_datetime_fast_path_agrees_with_the_regex_path(cells: list[str | None], data: st.DataObject) -> None:
+    from bulkd.validate import _format_ok
+
+    arr = _texts(cells).slice(data.draw(st.integers(0, len(cells))))
+    slow_input = arr.cast(pa.large_string())  # the fast path takes plain strings only
+    style = DateTimeStyle()
+    got, expected = coerce.to_datetime(arr, style), coerce.to_datetime(slow_input, style)
+    assert got.values.to_pylist() == expected.values.to_pylist()
+    assert got.bad.to_pylist() == expected.bad.to_pylist()
+    for fmt in ("date-time", "date"):
+        fast, slow = _format_ok(fmt, arr), _format_ok(fmt, slow_input)
+        assert pc.fill_null(fast, False).to_pylist() == pc.fill_null(slow, False).to_pylist()
