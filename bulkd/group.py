@@ -80,7 +80,9 @@ class Partitions:
                 _REASON: _reasons(mapped),
                 "__key": keys,
             }
-        ).filter(keys.is_valid())
+        )
+        if keys.null_count:
+            table = table.filter(keys.is_valid())
         if self.count == 1:
             self._memory.append(table)
         else:
@@ -90,8 +92,15 @@ class Partitions:
 
     def _spill(self, table: pa.Table) -> None:
         parts = _key_hash(table.column("__key").combine_chunks()) % np.uint64(self.count)
-        for part in np.unique(parts):
-            piece = table.filter(pa.array(parts == part))
+        # One stable take groups the rows by partition (in input order within each); a filter
+        # per partition scanned the whole unit once per partition.
+        order = np.argsort(parts, kind="stable")
+        grouped = table.take(pa.array(order))
+        ranked = parts[order]
+        found, starts = np.unique(ranked, return_index=True)
+        stops = [*starts[1:].tolist(), len(ranked)]
+        for part, start, stop in zip(found.tolist(), starts.tolist(), stops, strict=True):
+            piece = grouped.slice(start, stop - start)
             writer = self._writers.get(int(part))
             if writer is None:
                 path = self.spill_dir / f"partition-{int(part):05d}.arrows"
