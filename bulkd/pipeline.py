@@ -67,10 +67,12 @@ class ConvertSettings:
     workers: int | None = None
     """Threads that map, validate, encode and compress (None: one per CPU, at most 4; 0: none,
     all on the calling thread). Output bytes do not depend on it."""
-    work_rows: int = 16_384
+    work_rows: int = 8_192
     """Rows per unit of work (and per deflate block): small enough that the few units in flight
     stay within the memory budget, large enough that per-unit overhead (~200 kernel calls) is
-    noise. Output bytes depend on it (block boundaries), as on the compression level."""
+    noise. Output bytes depend on it (block boundaries), as on the compression level. 16,384
+    peaked ~45 MB higher for 1 M customer rows (281 against 236 MB RSS) for ~3 % less CPU and
+    0.1 % smaller output."""
 
 
 @dataclass(frozen=True, slots=True)
