@@ -43,6 +43,7 @@ def build_report(
         "rejects_by_rule": dict(job.rejects_by_rule),
         "rejects_file": rejects_file.name if rejects_file is not None else None,
         "records_delivered": sum(c.records for c in delivered),
+        "chunks_maybe_loaded_twice": sum(len(upload_ids.get(c.chunk_index, [])) > 1 for c in chunks),
         "chunks": [
             {
                 "index": c.chunk_index,
@@ -54,6 +55,9 @@ def build_report(
                 "sha256": c.sha256,
                 "upload_id": c.upload_id,
                 "upload_ids": upload_ids.get(c.chunk_index, []),
+                # More than one upload: an earlier PUT may have been stored before its answer was
+                # lost, so Lexer may have loaded these records twice. The protocol cannot tell.
+                "may_be_loaded_twice": len(upload_ids.get(c.chunk_index, [])) > 1,
                 "attempts": c.attempts,
                 "error": c.error,
             }

@@ -27,6 +27,7 @@ REPORT_KEYS = {
     "rejects_by_rule",
     "rejects_file",
     "records_delivered",
+    "chunks_maybe_loaded_twice",
     "chunks",
     "timings",
     "error",
@@ -43,6 +44,7 @@ CHUNK_KEYS = {
     "sha256",
     "upload_id",
     "upload_ids",
+    "may_be_loaded_twice",
     "attempts",
     "error",
 }
@@ -131,6 +133,8 @@ def test_a_delivered_job_reports_every_row_and_chunk(ledger: Ledger, tmp_path: P
         (2, "delivered", "2002"),
     ]
     assert [c["upload_ids"] for c in chunks] == [["1001"], ["2001", "2002"]]
+    assert [c["may_be_loaded_twice"] for c in chunks] == [False, True]
+    assert doc["chunks_maybe_loaded_twice"] == 1
     assert [c["attempts"] for c in chunks] == [1, 2]
     timings = doc["timings"]
     assert isinstance(timings, dict)
