@@ -72,7 +72,7 @@ def add_job(ledger: Ledger, **fields: object) -> None:
         "size": 4096,
         "device": 1,
         "inode": 2,
-        "claimed_path": f"/var/work/{JOB}.csv",
+        "claimed_path": f"work/{JOB}.csv",
     }
     ledger.add_job(**(values | fields))
     ledger.transition_job(JOB, JobState.CONVERTING)
