@@ -120,8 +120,22 @@ def to_email(arr: pa.Array) -> Coerced:
     """Trim and lower-case, as Lexer's models do for emails and email hashes."""
     if not pa.types.is_string(arr.type):
         return to_string(arr)
+    if _plain_lower_ascii(arr):  # nothing to trim or lower-case: skip both copies
+        return Coerced(empty_to_null(arr), all_false(len(arr)))
     out = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
     return Coerced(empty_to_null(out), all_false(len(arr)))
+
+
+def _plain_lower_ascii(arr: pa.Array) -> bool:
+    """Whether every byte of the string array is printable ASCII (no space) and not ``A``-``Z``."""
+    _validity, offsets, data = arr.buffers()
+    n = len(arr)
+    ends = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    lo, hi = int(ends[0]), int(ends[-1])
+    if hi == lo:
+        return True
+    raw = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)
+    return bool(raw.min() > 0x20 and raw.max() < 0x7F and not ((raw >= 0x41) & (raw <= 0x5A)).any())
 
 
 def to_boolean(arr: pa.Array) -> Coerced:

@@ -236,3 +236,12 @@ def test_datetime_fast_path_agrees_with_the_regex_path(cells: list[str | None], 
     for fmt in ("date-time", "date"):
         fast, slow = _format_ok(fmt, arr), _format_ok(fmt, slow_input)
         assert pc.fill_null(fast, False).to_pylist() == pc.fill_null(slow, False).to_pylist()
+
+
+@given(st.lists(st.one_of(st.none(), st.text(" \tAaZz@.é\x7f-_1", max_size=8)), max_size=20), st.data())
+def test_email_fast_path_agrees_with_trim_and_lower(cells: list[str | None], data: st.DataObject) -> None:
+    arr = _texts(cells).slice(data.draw(st.integers(0, len(cells))))
+    expected = coerce.empty_to_null(pc.utf8_lower(pc.utf8_trim_whitespace(arr)))
+    got = coerce.to_email(arr)
+    assert got.values.to_pylist() == expected.to_pylist()
+    assert not any(got.bad.to_pylist())
