@@ -9,6 +9,7 @@ Python runs per value only where Arrow has no kernel for the shape at hand (JSON
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import orjson
@@ -111,8 +112,9 @@ def to_string(arr: pa.Array) -> Coerced:
     return Coerced(out, all_false(len(arr)))
 
 
+@lru_cache(maxsize=8)
 def all_false(n: int) -> pa.BooleanArray:
-    """A mask with no row set."""
+    """A mask with no row set (cached, as units have few sizes and Arrow arrays are immutable)."""
     return pa.array(np.zeros(n, dtype=np.bool_))
 
 

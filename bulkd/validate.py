@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import fastjsonschema
@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bulkd.coerce import calendar_ok, iso_dates_ok, iso_datetimes_ok
+from bulkd.coerce import all_false, calendar_ok, iso_dates_ok, iso_datetimes_ok
 from bulkd.encode import encode_records
 from bulkd.errors import SchemaError
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
@@ -152,12 +152,14 @@ class FastChecker:
         return ok
 
 
+@lru_cache(maxsize=8)
 def _all_true(n: int) -> pa.BooleanArray:
+    """A mask with every row set; cached, as units have few sizes and Arrow arrays are immutable."""
     return pa.array(np.ones(n, dtype=np.bool_))
 
 
 def _none_ok(arr: pa.Array) -> pa.BooleanArray:
-    return pa.array(np.zeros(len(arr), dtype=np.bool_))
+    return all_false(len(arr))
 
 
 def _nulls_allowed(node: dict[str, Any], values: pa.Array) -> pa.BooleanArray:
