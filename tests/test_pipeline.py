@@ -290,3 +290,36 @@ def test_grouped_rejects_come_out_once_each_in_line_order(
     assert [r["line"] for r in reject_lines(result)] == expected
     rules = {r["rule"] for r in reject_lines(result)}
     assert rules == {"type", "group_member_rejected", "missing_group_key", "empty_row"}
+
+
+def test_units_end_at_the_row_count_or_byte_bound_whatever_the_batches() -> None:
+    """Unit boundaries depend only on the rows: the same rows cut into different reader batches
+    give the same units, and huge rows end a unit early so memory stays bounded."""
+    import itertools
+
+    import pyarrow as pa
+
+    from bulkd.model import SourceBatch
+    from bulkd.pipeline import _units
+
+    cells = [("x" * (5000 if i % 7 == 0 else 10)) for i in range(100)]
+    table = pa.record_batch({"a": pa.array(cells), "b": pa.array(range(100))})
+    lines = pa.array(range(1, 101), pa.int64())
+
+    def cut(points: list[int]) -> list[list[int]]:
+        bounds = [0, *points, 100]
+        batches = [
+            SourceBatch(table.slice(lo, hi - lo), lines.slice(lo, hi - lo), (), 0)
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        return [u.lines.to_pylist() for u in _units(iter(batches), 16, 6000)]
+
+    reference = cut([])
+    assert cut([3, 50, 51, 99]) == reference
+    assert cut(list(range(1, 100))) == reference
+    assert sum(len(u) for u in reference) == 100
+    assert max(len(u) for u in reference) <= 16
+    for unit in reference[:-1]:
+        size = sum(len(cells[i - 1]) + 8 for i in unit)
+        assert len(unit) == 16 or size >= 6000, "a unit ends early only at the byte bound"
+        assert size - (len(cells[unit[-1] - 1]) + 8) < 6000, "and ends at the row that reached it"
