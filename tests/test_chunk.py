@@ -11,7 +11,10 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from bulkd.chunk import ChunkLimits, ChunkNaming
@@ -201,3 +204,22 @@ def test_cancelling_progress_leaves_no_thread_and_no_chunk(tmp_path: Path) -> No
         convert_file(src, out, _settings(2, ChunkLimits(max_records=500)), progress=progress)
     assert {t.ident for t in threading.enumerate()} <= before
     assert list(out.iterdir()) == []
+
+
+def test_row_sizes_from_offsets_match_the_length_kernel() -> None:
+    from bulkd.pipeline import _row_bytes
+
+    text = pa.array(["ab", None, "", "cdef", "g"] * 3, pa.string())
+    parent = pa.StructArray.from_arrays([text], names=["t"], mask=pa.array([False, True, False] * 5))
+    columns = {
+        "s": text,
+        "pushed": parent.flatten()[0],  # null slots that keep their bytes
+        "large": text.cast(pa.large_string()),
+        "b": text.cast(pa.binary()),
+        "n": pa.array(range(15)),
+    }
+    data = pa.RecordBatch.from_pydict(columns).slice(2, 11)
+    expected = np.full(data.num_rows, 8, dtype=np.int64)
+    for column in data.columns[:4]:
+        expected += pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    assert _row_bytes(data).tolist() == expected.tolist()
