@@ -44,6 +44,7 @@ from bulkd.schemas import load_record_type
 from bulkd.upload import ChunkUpload, Uploader, UploadReceipt
 
 __all__ = [
+    "ACTIVE_STATES",
     "DeliveryDeferred",
     "JobEvent",
     "JobInterrupted",
@@ -65,7 +66,14 @@ ARCHIVE_BEFORE = declare_crashpoint("job.archive.before")
 CONVERT_BATCH = declare_crashpoint("job.convert.batch")
 """After a batch was converted (mid-conversion); use ``:N`` for the N-th batch."""
 
-_ACTIVE = (JobState.CLAIMED, JobState.CONVERTING, JobState.CONVERTED, JobState.DELIVERING, JobState.DELIVERED)
+ACTIVE_STATES = (
+    JobState.CLAIMED,
+    JobState.CONVERTING,
+    JobState.CONVERTED,
+    JobState.DELIVERING,
+    JobState.DELIVERED,
+)
+"""States with work left: a job in one of them resumes at start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +163,7 @@ class JobRunner:
             job.job_id, job.source_name, job.dataset_id, job.record_type, job.size, job.state
         )
         try:
-            while job.state in _ACTIVE:
+            while job.state in ACTIVE_STATES:
                 if self.stopping.is_set() and job.state is not JobState.DELIVERED:
                     raise JobInterrupted(job_id)
                 job = await self._step(job)

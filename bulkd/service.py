@@ -37,7 +37,7 @@ from bulkd.durable import remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
-from bulkd.jobs import DeliveryDeferred, JobEvent, JobInterrupted, JobRunner, sweep_spool
+from bulkd.jobs import ACTIVE_STATES, DeliveryDeferred, JobEvent, JobInterrupted, JobRunner, sweep_spool
 from bulkd.ledger import AsyncLedger, JobRecord, JobState, Ledger
 from bulkd.secret import Secret
 from bulkd.upload import Uploader, UploadSettings
@@ -50,7 +50,6 @@ EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 """``--once`` finished with a failed job or with deliveries left for a later run."""
 EXIT_SECOND_SIGNAL = 130
-_ACTIVE = (JobState.CLAIMED, JobState.CONVERTING, JobState.CONVERTED, JobState.DELIVERING, JobState.DELIVERED)
 _UPLOAD_TUNING = tuple(
     sorted(
         {f.name for f in dataclasses.fields(UploadSettings)}
@@ -193,7 +192,7 @@ class Service:
             runner.listeners.append(self._report_dry_run)
         for claimed in await inbox.prepare():
             await self._adopt(claimed)
-        active = await ledger.run(Ledger.jobs_in_state, *_ACTIVE)
+        active = await ledger.run(Ledger.jobs_in_state, *ACTIVE_STATES)
         unreported = await ledger.run(Ledger.unreported_jobs)
         if not conf.spool.keep_delivered:
             keep = {j.job_id for j in (*active, *unreported)}
