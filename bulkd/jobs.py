@@ -36,7 +36,7 @@ from bulkd.config import Config
 from bulkd.durable import crashpoint, declare_crashpoint, move_durable, remove_temp_files
 from bulkd.errors import BulkdError, LedgerError, StorageError, TerminalUploadError, UploadError
 from bulkd.inbox import archive, report_path
-from bulkd.ledger import AsyncLedger, ChunkRecord, ChunkState, JobRecord, JobState, Ledger
+from bulkd.ledger import ACTIVE_STATES, AsyncLedger, ChunkRecord, ChunkState, JobRecord, JobState, Ledger
 from bulkd.pipeline import ConvertSettings, FileResult, convert_file
 from bulkd.profile import Profile, load_profile
 from bulkd.report import build_report, write_report
@@ -44,7 +44,6 @@ from bulkd.schemas import load_record_type
 from bulkd.upload import ChunkUpload, Uploader, UploadReceipt
 
 __all__ = [
-    "ACTIVE_STATES",
     "DeliveryDeferred",
     "JobEvent",
     "JobInterrupted",
@@ -65,15 +64,6 @@ ARCHIVE_BEFORE = declare_crashpoint("job.archive.before")
 """Every chunk is delivered and recorded; the report and the source are not moved yet."""
 CONVERT_BATCH = declare_crashpoint("job.convert.batch")
 """After a batch was converted (mid-conversion); use ``:N`` for the N-th batch."""
-
-ACTIVE_STATES = (
-    JobState.CLAIMED,
-    JobState.CONVERTING,
-    JobState.CONVERTED,
-    JobState.DELIVERING,
-    JobState.DELIVERED,
-)
-"""States with work left: a job in one of them resumes at start."""
 
 
 @dataclass(frozen=True, slots=True)

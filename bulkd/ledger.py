@@ -40,7 +40,9 @@ from bulkd.durable import crashpoint, declare_crashpoint
 from bulkd.errors import LedgerError
 
 __all__ = [
+    "ACTIVE_STATES",
     "CHUNK_TRANSITIONS",
+    "FINISHED_STATES",
     "JOB_TRANSITIONS",
     "SCHEMA_VERSION",
     "AsyncLedger",
@@ -86,6 +88,16 @@ class ChunkState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
 
+
+ACTIVE_STATES = (
+    JobState.CLAIMED,
+    JobState.CONVERTING,
+    JobState.CONVERTED,
+    JobState.DELIVERING,
+    JobState.DELIVERED,
+)
+"""States with work left: a job in one of them resumes at start."""
+FINISHED_STATES = (JobState.ARCHIVED, JobState.FAILED, JobState.DUPLICATE)
 
 J, C = JobState, ChunkState
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {

@@ -37,8 +37,8 @@ from bulkd.durable import remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
-from bulkd.jobs import ACTIVE_STATES, DeliveryDeferred, JobEvent, JobInterrupted, JobRunner, sweep_spool
-from bulkd.ledger import AsyncLedger, JobRecord, JobState, Ledger
+from bulkd.jobs import DeliveryDeferred, JobEvent, JobInterrupted, JobRunner, sweep_spool
+from bulkd.ledger import ACTIVE_STATES, AsyncLedger, JobRecord, JobState, Ledger
 from bulkd.secret import Secret
 from bulkd.upload import Uploader, UploadSettings
 

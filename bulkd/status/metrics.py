@@ -30,23 +30,15 @@ from prometheus_client.registry import Collector
 
 from bulkd import __version__
 from bulkd.jobs import JobEvent
-from bulkd.ledger import ChunkState, JobState, Ledger
+from bulkd.ledger import ACTIVE_STATES, FINISHED_STATES, ChunkState, JobState, Ledger
 
 if TYPE_CHECKING:
     from bulkd.service import Service
 
-__all__ = ["ACTIVE_STATES", "FINISHED_STATES", "UPLOAD_SECONDS_BUCKETS", "Metrics", "Totals"]
+__all__ = ["UPLOAD_SECONDS_BUCKETS", "Metrics", "Totals"]
 
 log = logging.getLogger("bulkd.status")
 
-ACTIVE_STATES = (
-    JobState.CLAIMED,
-    JobState.CONVERTING,
-    JobState.CONVERTED,
-    JobState.DELIVERING,
-    JobState.DELIVERED,
-)
-FINISHED_STATES = (JobState.ARCHIVED, JobState.FAILED, JobState.DUPLICATE)
 UPLOAD_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 """Create + PUT of one chunk: tens of milliseconds on loopback, minutes for a 1 GiB chunk."""
 
