@@ -86,6 +86,11 @@ class ChunkNaming:
         return f"{self.dataset_id}_{self.record_type}_{self.timestamp}_{middle}.ndjson.gz"
 
 
+def md5_b64(md5_hex: str) -> str:
+    """The ``Content-MD5`` header value (base64 of the digest) for a hex MD5."""
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode()
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkInfo:
     """A finished chunk: what the uploader and the manifest need to know."""
@@ -101,7 +106,7 @@ class ChunkInfo:
     @property
     def md5_b64(self) -> str:
         """The ``Content-MD5`` header value."""
-        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode()
+        return md5_b64(self.md5_hex)
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import os
 import secrets
 import shutil
@@ -45,8 +46,10 @@ __all__ = [
     "declare_crashpoint",
     "fsync_dir",
     "move_durable",
+    "probe_writable",
     "remove_temp_files",
     "rename_durable",
+    "sha256_fd",
     "temp_path_for",
     "write_atomic",
 ]
@@ -178,6 +181,24 @@ def rename_durable(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+def probe_writable(directory: Path) -> None:
+    """Create and remove an empty temp file in ``directory``; raises the ``OSError`` if it cannot
+    (a read-only volume, a full disk, wrong ownership), so a refusal names the real cause."""
+    probe = directory / f".bulkd-probe-{os.getpid()}{TEMP_SUFFIX}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def sha256_fd(fd: int) -> str:
+    """SHA-256 (hex) of everything readable from ``fd``, read in 1 MiB pieces into one buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    while count := os.readv(fd, [buffer]):
+        digest.update(view[:count])
+    return digest.hexdigest()
 
 
 def move_durable(src: Path, dst: Path) -> None:

@@ -42,6 +42,7 @@ from bulkd.durable import (
     fsync_dir,
     remove_temp_files,
     rename_durable,
+    sha256_fd,
     write_atomic,
 )
 from bulkd.errors import ConfigError, StorageError
@@ -400,7 +401,7 @@ def _hash_entry(dir_fd: int, name: bytes, entry: InboxEntry) -> tuple[str, os.st
             return Skipped(entry.rel, SkipReason.HARD_LINK)
         if _signature(st) != entry.signature:
             return Skipped(entry.rel, SkipReason.CHANGED)
-        sha256 = _hash_fd(fd)
+        sha256 = sha256_fd(fd)
         if _signature(os.fstat(fd)) != entry.signature:
             return Skipped(entry.rel, SkipReason.CHANGED)
     finally:
@@ -414,15 +415,6 @@ def _work_suffix(name: bytes) -> str:
     while tail and not all(_EXT.fullmatch(p) for p in tail):
         tail = tail[1:]
     return "".join("." + p.decode().lower() for p in tail)
-
-
-def _hash_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    while count := os.readv(fd, [buffer]):
-        digest.update(view[:count])
-    return digest.hexdigest()
 
 
 def _put_back(dir_fd: int, name: bytes, claimed: ClaimedFile, entry: InboxEntry) -> Skipped:

@@ -18,9 +18,7 @@ crash at any point:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -31,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bulkd.chunk import ChunkInfo, ChunkLimits
+from bulkd.chunk import ChunkInfo, ChunkLimits, md5_b64
 from bulkd.config import Config
-from bulkd.durable import crashpoint, declare_crashpoint, move_durable, remove_temp_files
+from bulkd.durable import crashpoint, declare_crashpoint, move_durable, remove_temp_files, sha256_fd
 from bulkd.errors import BulkdError, LedgerError, StorageError, TerminalUploadError, UploadError
 from bulkd.inbox import archive, report_path
 from bulkd.ledger import ACTIVE_STATES, AsyncLedger, ChunkRecord, ChunkState, JobRecord, JobState, Ledger
@@ -353,7 +351,7 @@ class JobRunner:
             filename=chunk.filename,
             dataset_id=job.dataset_id,
             record_type=job.record_type,
-            md5_b64=_md5_b64(chunk.md5),
+            md5_b64=md5_b64(chunk.md5),
             size=chunk.bytes,
         )
         try:
@@ -470,24 +468,15 @@ def _changed_since_claim(job: JobRecord) -> str | None:
     )
 
 
-def _md5_b64(md5_hex: str) -> str:
-    return base64.b64encode(bytes.fromhex(md5_hex)).decode()
-
-
 def _all_intact(chunks: list[ChunkRecord]) -> bool:
     """Whether every chunk file is on disk with the recorded size and SHA-256."""
     for chunk in chunks:
         path = Path(chunk.path)
         try:
-            if os.stat(path).st_size != chunk.bytes:
-                return False
-            digest = hashlib.sha256()
             with path.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
+                if os.fstat(fh.fileno()).st_size != chunk.bytes or sha256_fd(fh.fileno()) != chunk.sha256:
+                    return False
         except FileNotFoundError:
-            return False
-        if digest.hexdigest() != chunk.sha256:
             return False
     return True
 

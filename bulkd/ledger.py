@@ -437,11 +437,6 @@ class Ledger:
         sql = f"SELECT * FROM jobs {where} ORDER BY updated_at DESC, job_id LIMIT ? OFFSET ?"
         return [_job(row) for row in self._query(sql, (*(s.value for s in states), limit, offset))]
 
-    def is_delivered(self, content_sha256: str) -> bool:
-        """Whether a file with this content already reached Lexer (duplicate detection)."""
-        sql = "SELECT 1 FROM jobs WHERE content_sha256=? AND state IN (?,?) LIMIT 1"
-        return bool(self._query(sql, (content_sha256, JobState.DELIVERED.value, JobState.ARCHIVED.value)))
-
     def original_of(self, job_id: str) -> JobRecord | None:
         """An earlier job with the same content for the same dataset and record type that is
         delivered or still on its way (not failed).
@@ -664,7 +659,3 @@ class AsyncLedger:
     async def transition_chunk(self, job_id: str, index: int, to: ChunkState, **fields: Any) -> ChunkRecord:
         """Shortcut for :meth:`Ledger.transition_chunk`."""
         return await self.run(Ledger.transition_chunk, job_id, index, to, **fields)
-
-    async def is_delivered(self, content_sha256: str) -> bool:
-        """Shortcut for :meth:`Ledger.is_delivered`."""
-        return await self.run(Ledger.is_delivered, content_sha256)

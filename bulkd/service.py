@@ -33,7 +33,7 @@ from importlib import resources
 from typing import Any
 
 from bulkd.config import Config, UploadSection
-from bulkd.durable import remove_temp_files
+from bulkd.durable import probe_writable, remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
@@ -133,8 +133,10 @@ class Service:
         """Files seen in the inbox and not yet claimed, plus jobs waiting to convert."""
         if self._parts is None:
             return 0
-        waiting = len(self._parts.inbox.candidates - self._refused)
-        return waiting + sum(j.phase is JobState.CLAIMED for j in self._parts.runner.live.values())
+        return len(self._parts.inbox.candidates - self._refused) + self._waiting_to_convert()
+
+    def _waiting_to_convert(self) -> int:
+        return sum(j.phase is JobState.CLAIMED for j in self.parts.runner.live.values())
 
     def request_stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
@@ -221,9 +223,7 @@ class Service:
         ):
             try:
                 path.mkdir(parents=True, exist_ok=True)
-                probe = path / f".bulkd-probe-{os.getpid()}.tmp"
-                probe.write_bytes(b"")
-                probe.unlink()
+                probe_writable(path)
             except OSError as exc:
                 raise StorageError(
                     f"{key} = {path} is not a writable directory: {exc.strerror or exc}; "
@@ -375,8 +375,7 @@ class Service:
     async def _intake_open(self) -> bool:
         if time.monotonic() < self._hold_intake_until:
             return False
-        queued = sum(j.phase is JobState.CLAIMED for j in self.parts.runner.live.values())
-        if queued >= self.config.convert.parallel_files + _QUEUED_CONVERSIONS:
+        if self._waiting_to_convert() >= self.config.convert.parallel_files + _QUEUED_CONVERSIONS:
             return False
         pending = await self.parts.ledger.run(Ledger.pending_chunk_bytes)
         if pending >= self.config.spool.max_bytes:

@@ -262,18 +262,21 @@ def test_list_jobs_newest_first_with_filter_and_paging(ledger: Ledger) -> None:
 
 def test_duplicate_detection(ledger: Ledger) -> None:
     sha = "f" * 64
-    add_job(ledger, job_id="first", sha=sha)
-    assert not ledger.is_delivered(sha)
+    add_job(ledger, job_id="a-first", sha=sha)
+    assert ledger.original_of("a-first") is None
+    add_job(ledger, job_id="b-again", sha=sha)
+    original = ledger.original_of("b-again")
+    assert original is not None, "a job still on its way counts as the original"
+    assert original.job_id == "a-first"
     for step in JOB_PATHS[J.DELIVERED]:
-        ledger.transition_job("first", step)
-    assert ledger.is_delivered(sha)
-    ledger.transition_job("first", J.ARCHIVED)
-    assert ledger.is_delivered(sha)
-    add_job(ledger, job_id="again", sha=sha)
-    assert ledger.transition_job("again", J.DUPLICATE).state is J.DUPLICATE
-    add_job(ledger, job_id="failed", sha="0" * 64)
-    ledger.transition_job("failed", J.FAILED)
-    assert not ledger.is_delivered("0" * 64), "a failed job does not make its content delivered"
+        ledger.transition_job("a-first", step)
+    ledger.transition_job("a-first", J.ARCHIVED)
+    assert ledger.original_of("b-again") == ledger.get_job("a-first")
+    assert ledger.transition_job("b-again", J.DUPLICATE).state is J.DUPLICATE
+    add_job(ledger, job_id="c-failed", sha="0" * 64)
+    ledger.transition_job("c-failed", J.FAILED)
+    add_job(ledger, job_id="d-retry", sha="0" * 64)
+    assert ledger.original_of("d-retry") is None, "a failed job is no original"
 
 
 def test_job_summary(ledger: Ledger) -> None:
@@ -398,7 +401,7 @@ async def test_async_ledger_runs_on_one_dedicated_thread(tmp_path: Path) -> None
         assert len(names) == 1
         assert names.pop().startswith("bulkd-ledger")
         assert (await led.transition_job("job-1", J.CONVERTING)).state is J.CONVERTING
-        assert not await led.is_delivered("a" * 64)
+        assert await led.run(Ledger.original_of, "job-1") is None
         with pytest.raises(LedgerError, match="another bulkd instance"):
             await AsyncLedger.open(state)
         await led.run(add_chunk, "job-1", 0)

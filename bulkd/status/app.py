@@ -21,7 +21,6 @@ and documents carry no cell values. Responses say ``no-store`` and send a strict
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -34,6 +33,7 @@ from yarl import URL
 
 from bulkd import __version__
 from bulkd.config import Config
+from bulkd.durable import probe_writable
 from bulkd.errors import LedgerError
 from bulkd.ledger import JobState, JobSummary, Ledger
 from bulkd.redact import redact_text, redact_url
@@ -320,10 +320,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 def _writable(directory: Path) -> bool:
-    probe = directory / f".bulkd-ready-{os.getpid()}.tmp"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(directory)
     except OSError:
         return False
     return True
