@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import run_ok
+from reliability_support import run_ok
 
 from bulkd.selftest import Scenario, all_crashpoints
 from bulkd.selftest.matrix import NTH_PASSES

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import run_ok
+from reliability_support import run_ok
 
 from bulkd.inbox import escape_name
 from bulkd.selftest import (

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 import zstandard
-from conftest import Measured, measure
+from reliability_support import Measured, measure
 
 HEADER = b"link.email,action_at,email_id,campaign_id\n"
 RSS_CAP = 600 << 20

@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import Mount, fill, sample_rss
+from reliability_support import Mount, fill, sample_rss
 
 from bulkd.selftest import (
     InputSet,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_ok
+from reliability_support import run_ok
 
 from bulkd.selftest import all_crashpoints, random_scenario
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from running import Daemon, customers_csv, set_simulator_faults, start_daemon
+from running import FILES, Daemon, set_simulator_faults, start_daemon
 
 RUN_CONFIG = """
 [convert]
@@ -18,13 +18,6 @@ backoff_base = 0.01
 backoff_cap = 0.05
 retry_delivery_after = 1
 """
-
-FILES = {
-    "alpha.csv": customers_csv(1000, bad_every=40),
-    "beta.csv": customers_csv(450, seed=8),
-    "mostly-bad.csv": customers_csv(30, bad_every=1, seed=9),
-}
-"""alpha: 25 rejects, 10 chunks; beta: clean, 5 chunks; mostly-bad: fails on the reject ratio."""
 
 
 @pytest.fixture(scope="session")

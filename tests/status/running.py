@@ -209,3 +209,11 @@ def set_simulator_faults(daemon: Daemon, faults: Mapping[str, object]) -> None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=10) as answer:
         assert answer.status == 200
+
+
+FILES = {
+    "alpha.csv": customers_csv(1000, bad_every=40),
+    "beta.csv": customers_csv(450, seed=8),
+    "mostly-bad.csv": customers_csv(30, bad_every=1, seed=9),
+}
+"""alpha: 25 rejects, 10 chunks; beta: clean, 5 chunks; mostly-bad: fails on the reject ratio."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import FILES
-from running import Daemon
+from running import FILES, Daemon
 
 
 def by_source(daemon: Daemon) -> dict[str, dict[str, object]]:
