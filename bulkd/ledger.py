@@ -15,7 +15,8 @@ trusted on retry).
 Threads: :class:`Ledger` is synchronous and bound to the thread that opened it. The event loop
 uses :class:`AsyncLedger`, which runs every call on one dedicated worker thread, which also
 makes it the single writer. One process per state directory: an ``flock`` on ``bulkd.lock``
-refuses a second instance before the database is touched.
+refuses a second instance before the database is touched. Readers that must not count as an
+instance (``bulkd status``) open :class:`ReadOnlyLedger`, which takes no lock and cannot write.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from bulkd.durable import crashpoint, declare_crashpoint
 from bulkd.errors import LedgerError
@@ -52,6 +53,7 @@ __all__ = [
     "JobState",
     "JobSummary",
     "Ledger",
+    "ReadOnlyLedger",
 ]
 
 DB_NAME = "ledger.sqlite3"
@@ -592,6 +594,74 @@ class Ledger:
         problems = [str(r[0]) for r in self._query("PRAGMA integrity_check") if r[0] != "ok"]
         problems += [f"foreign key: {tuple(r)}" for r in self._query("PRAGMA foreign_key_check")]
         return problems
+
+
+class ReadOnlyLedger(Ledger):
+    """The ledger opened only to look at it, so ``bulkd status`` can never get in a daemon's way.
+
+    :class:`Ledger` takes the instance lock, creates the database and migrates it; a status
+    reader doing any of that would make a starting daemon refuse to run as a "second instance",
+    and could not read while a daemon holds the lock. This opens SQLite with ``mode=ro``: no
+    lock, no migration, no directory or database created, and WAL lets it read while a daemon
+    commits. It reuses every query of :class:`Ledger`; the inherited writes fail inside SQLite
+    (``SQLITE_READONLY``, raised as :class:`LedgerError`), so no check of ours can drift.
+    SQLite may still create the empty ``-wal``/``-shm`` side files a WAL reader needs.
+    """
+
+    def __init__(self, state_dir: Path, *, busy_timeout: float = 5.0) -> None:
+        self.state_dir = state_dir
+        self._clock = time.time
+        path = state_dir / DB_NAME
+        if not path.is_file():
+            what = f"holds no {DB_NAME}" if state_dir.is_dir() else "does not exist"
+            raise LedgerError(f"no ledger to read: state directory {state_dir} {what}")
+        try:
+            # as_uri() percent-encodes the path, so '?', '#' or '%' in a directory name stay literal.
+            uri = path.resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger in state directory {state_dir}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._check_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        """Queries assume the current tables; only a daemon may migrate, so say what to do instead."""
+        version = int(self._query_one("PRAGMA user_version")[0])
+        if version == SCHEMA_VERSION:
+            return
+        where = f"the ledger in state directory {self.state_dir}"
+        if version == 0:
+            raise LedgerError(f"{where} is not set up yet (a daemon may be starting); try again")
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{where} has schema {version}, newer than this bulkd ({SCHEMA_VERSION})")
+        raise LedgerError(
+            f"{where} has schema {version}, older than this bulkd ({SCHEMA_VERSION}); "
+            "start the daemon once to migrate it"
+        )
+
+    def close(self) -> None:
+        """Close the database (there is no lock to release)."""
+        self._db.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Self]:
+        """Hold one read transaction, so that a listing and its per-job summaries describe the same
+        moment even while a daemon commits (WAL keeps the reader's view fixed until it ends)."""
+        try:
+            self._db.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger read failed: {exc}") from exc
+        try:
+            yield self
+        finally:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger read failed: {exc}") from exc
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

@@ -1,9 +1,11 @@
-"""The SQLite ledger: state machine, queries, durability under SIGKILL, single-instance lock."""
+"""The SQLite ledger: state machine, queries, durability under SIGKILL, single-instance lock, and the
+read-only view that ``bulkd status`` opens beside a daemon."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +14,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +31,7 @@ from bulkd.ledger import (
     ChunkState,
     JobState,
     Ledger,
+    ReadOnlyLedger,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -433,3 +437,155 @@ def test_conversion_warnings_are_kept_for_the_report(ledger: Ledger) -> None:
     job = ledger.transition_job("job-1", J.CONVERTED, warnings=["column 'x' is not in the schema"])
     assert job.warnings == ("column 'x' is not in the schema",)
     assert ledger.transition_job("job-1", J.DELIVERING).warnings == job.warnings, "kept by later moves"
+
+
+# -- the read-only ledger ---------------------------------------------------------------------
+
+HOLD_SCRIPT = """
+    import sys, pathlib
+    from bulkd.ledger import Ledger, JobState
+    led = Ledger(pathlib.Path(sys.argv[1]))
+    print("locked", flush=True)
+    sys.stdin.readline()
+    led.transition_job("job-1", JobState.CONVERTING, rows=7)
+    print("moved", flush=True)
+    sys.stdin.readline()
+    led.close()
+"""
+
+
+def hold_python(script: str, *args: str) -> subprocess.Popen[str]:
+    """A Python process driven line by line through its stdin (for interleaving with the test)."""
+    env = {k: v for k, v in os.environ.items() if k != CRASHPOINT_ENV}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [sys.executable, "-c", textwrap.dedent(script), *args]
+    return subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def step(proc: subprocess.Popen[str], expect: str | None = None) -> None:
+    """Send one line (when ``expect`` is None) or read one line and check it."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    if expect is None:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return
+    line = proc.stdout.readline().strip()
+    assert line == expect, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Path:
+    """A state directory whose ledger holds job-1 with one delivered and one written chunk."""
+    state = tmp_path / "state"
+    led = Ledger(state)
+    add_job(led)
+    add_chunk(led, "job-1", 0)
+    add_chunk(led, "job-1", 1)
+    walk_chunk(led, "job-1", 0, C.DELIVERED)
+    led.close()
+    return state
+
+
+def test_read_only_ledger_reads_while_another_process_holds_the_lock_and_writes(recorded: Path) -> None:
+    writer = hold_python(HOLD_SCRIPT, str(recorded))
+    try:
+        step(writer, "locked")
+        with pytest.raises(LedgerError, match="another bulkd instance"):
+            Ledger(recorded)  # the writer really holds the instance lock
+        reader = ReadOnlyLedger(recorded)
+        try:
+            summary = reader.job_summary("job-1")  # the same queries as the daemon's ledger
+            assert [j.job_id for j in reader.list_jobs()] == ["job-1"]
+            assert (summary.chunks, summary.chunk_counts[C.DELIVERED]) == (2, 1)
+            assert summary.delivered_records == 10
+            assert reader.upload_ids("job-1") == {0: ["up-1"]}
+            with reader.snapshot():
+                assert reader.get_job("job-1").state is J.CLAIMED
+                step(writer)
+                step(writer, "moved")  # committed while our read transaction is open (WAL)
+                assert reader.get_job("job-1").state is J.CLAIMED, "a snapshot keeps one moment"
+            job = reader.get_job("job-1")
+            assert (job.state, job.rows) == (J.CONVERTING, 7)
+            assert reader.integrity_check() == []
+        finally:
+            reader.close()
+        step(writer)
+        assert writer.wait(60) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_daemon_ledger_opens_and_writes_while_a_reader_is_open(recorded: Path) -> None:
+    reader = ReadOnlyLedger(recorded)
+    try:
+        with reader.snapshot():
+            assert reader.get_job("job-1").state is J.CLAIMED
+            opened = run_python(OPEN_SCRIPT, str(recorded))
+            assert (opened.returncode, opened.stdout.strip()) == (0, "opened"), opened.stderr
+            moved = run_python(TRANSITION_SCRIPT, str(recorded))
+            assert moved.returncode == 0, moved.stderr
+            assert moved.stdout.strip() == "committed"
+        assert reader.get_job("job-1").state is J.CONVERTING
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda led: add_job(led, "job-2"),
+        lambda led: led.transition_job("job-1", J.CONVERTING),
+        lambda led: led.transition_chunk("job-1", 1, C.CREATING),
+    ],
+    ids=["add_job", "transition_job", "transition_chunk"],
+)
+def test_read_only_ledger_refuses_every_write_in_sqlite(recorded: Path, write: Any) -> None:
+    before = (recorded / DB_NAME).read_bytes()
+    reader = ReadOnlyLedger(recorded)
+    try:
+        with pytest.raises(LedgerError, match="readonly") as refused:
+            write(reader)
+        cause = refused.value.__cause__
+        assert isinstance(cause, sqlite3.OperationalError)
+        assert cause.sqlite_errorname == "SQLITE_READONLY"
+        assert reader.get_job("job-1").state is J.CLAIMED
+    finally:
+        reader.close()
+    assert (recorded / DB_NAME).read_bytes() == before
+    led = Ledger(recorded)
+    try:
+        assert [j.job_id for j in led.list_jobs()] == ["job-1"]
+        assert led.get_chunk("job-1", 1).state is C.WRITTEN
+    finally:
+        led.close()
+
+
+def test_read_only_ledger_names_a_missing_state_directory_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "state"
+    with pytest.raises(LedgerError, match=f"state directory {re.escape(str(missing))} does not exist"):
+        ReadOnlyLedger(missing)
+    assert not (tmp_path / "nowhere").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LedgerError, match=f"{re.escape(str(empty))} holds no {DB_NAME}"):
+        ReadOnlyLedger(empty)
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "fragment"),
+    [(0, "not set up yet"), (1, "older than this bulkd"), (SCHEMA_VERSION + 1, "newer than this bulkd")],
+)
+def test_read_only_ledger_never_migrates(recorded: Path, version: int, fragment: str) -> None:
+    raw = sqlite3.connect(recorded / DB_NAME)
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.close()
+    with pytest.raises(LedgerError, match=fragment):
+        ReadOnlyLedger(recorded)
+    raw = sqlite3.connect(recorded / DB_NAME)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == version
+    raw.close()
