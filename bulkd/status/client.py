@@ -1,10 +1,11 @@
 """``bulkd status``: what the daemon is doing, as a terminal table or JSON.
 
 It asks the running daemon's status API at the configured ``status.host``/``status.port`` (with
-``BULKD_STATUS_TOKEN`` when set). When nothing answers there, no daemon runs, so it reads the
-ledger directly instead: the ledger's instance lock guarantees that opening it cannot disturb a
-daemon (if one did hold it, opening fails and the command says the status server is not
-answering). Either way the jobs look the same, because both go through :func:`job_view`.
+``BULKD_STATUS_TOKEN`` when set). When nothing answers there (no daemon, or one whose API is
+disabled or elsewhere) it reads the ledger through :class:`~bulkd.ledger.ReadOnlyLedger`: no
+instance lock, no writes, so a daemon starting meanwhile is not refused as a second instance and
+a running one does not lock the reader out. Either way the jobs look the same, because both go
+through :func:`job_view`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any, Literal
 import orjson
 
 from bulkd.config import Config
-from bulkd.errors import BulkdError, LedgerError
-from bulkd.ledger import DB_NAME, Ledger
+from bulkd.errors import BulkdError
+from bulkd.ledger import DB_NAME, ReadOnlyLedger
 from bulkd.status.views import job_view, rejects_by_rule_text
 
 __all__ = ["StatusReport", "check_health", "fetch_report", "render", "status_base_url"]
@@ -54,7 +55,8 @@ def fetch_report(config: Config, *, limit: int = 20, timeout: float = 3.0) -> St
     """From the daemon's API, or from the ledger when no daemon answers.
 
     Raises:
-        BulkdError: the daemon answered with an error, or holds the ledger but its API is silent.
+        BulkdError: the daemon answered with an error.
+        LedgerError: the ledger exists but cannot be read (schema of another bulkd, corrupt).
     """
     if config.status.enabled:
         try:
@@ -97,16 +99,11 @@ def _get(url: str, config: Config, timeout: float) -> Any:
 
 def _from_ledger(config: Config, limit: int) -> StatusReport:
     if not (config.state_dir / DB_NAME).exists():
-        return StatusReport("ledger", [], None)
+        return StatusReport("ledger", [], None)  # no daemon ever ran here: nothing to show yet
+    ledger = ReadOnlyLedger(config.state_dir)
     try:
-        ledger = Ledger(config.state_dir)
-    except LedgerError as exc:
-        raise BulkdError(
-            f"{exc}, but its status server at {status_base_url(config)} does not answer "
-            "(is status.enabled false, or the port different?)"
-        ) from None
-    try:
-        summaries = [ledger.job_summary(job.job_id) for job in ledger.list_jobs(limit=limit)]
+        with ledger.snapshot():  # the listing and its summaries from one moment, mid-write or not
+            summaries = [ledger.job_summary(job.job_id) for job in ledger.list_jobs(limit=limit)]
     finally:
         ledger.close()
     now = time.time()

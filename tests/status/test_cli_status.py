@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from urllib.parse import urlsplit
 
 import orjson
 from running import BULKD, STATUS_TOKEN, Daemon, customers_csv, start_daemon, write_config
+
+from bulkd.ledger import DB_NAME, SCHEMA_VERSION, Ledger, ReadOnlyLedger
 
 
 def bulkd(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -86,10 +89,71 @@ def test_the_ledger_answers_when_no_daemon_runs(tmp_path: Path) -> None:
     }
 
 
+def test_the_ledger_answers_while_a_daemon_holds_it_but_its_api_is_unreachable(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path)
+    try:
+        daemon.drop("one.csv", customers_csv(20, bad_every=10))
+        [job] = daemon.wait_finished(1)
+        # Port 1: nothing answers there, so the command reads the ledger the daemon has locked.
+        done = bulkd_status(daemon.config, "--json", port=1, token=STATUS_TOKEN)
+        assert done.returncode == 0, done.stderr
+        doc = orjson.loads(done.stdout)
+        assert doc["source"] == "ledger"
+        assert [(j["job_id"], j["state"], j["rows"]) for j in doc["jobs"]] == [
+            (job["job_id"], "archived", 20)
+        ]
+        table = bulkd_status(daemon.config, port=1)
+        assert table.returncode == 0, table.stderr
+        assert "read from the ledger" in table.stdout
+        assert "ds1/customer_record/one.csv" in table.stdout
+        # The daemon did not notice: it still takes and finishes work.
+        daemon.drop("two.csv", customers_csv(10, seed=11))
+        assert len(daemon.wait_finished(2)) == 2
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_daemon_starts_while_a_status_reader_has_the_ledger_open(tmp_path: Path) -> None:
+    state = tmp_path / "data" / "state"
+    Ledger(state).close()  # the ledger a previous run left behind
+    reader = ReadOnlyLedger(state)  # what `bulkd status` opens for its ledger fallback
+    try:
+        with reader.snapshot():
+            assert reader.list_jobs() == []
+            daemon = start_daemon(tmp_path)  # not refused as a "second instance"
+            try:
+                daemon.drop("one.csv", customers_csv(20, bad_every=10))
+                [job] = daemon.wait_finished(1)
+                assert reader.list_jobs() == [], "the reader's snapshot is one moment"
+            finally:
+                assert daemon.stop() == 0
+        [seen] = reader.list_jobs()
+        assert (seen.job_id, seen.state.value, seen.rows) == (job["job_id"], "archived", 20)
+    finally:
+        reader.close()
+    assert not any("second instance" in line or "another bulkd" in line for line in daemon.logs)
+
+
 def test_no_ledger_yet_means_no_jobs(tmp_path: Path) -> None:
     done = bulkd_status(write_config(tmp_path), "--json", port=1)
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout) == {"source": "ledger", "overview": None, "jobs": []}
+
+
+def test_a_ledger_it_cannot_read_is_named_and_left_alone(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    state = tmp_path / "data" / "state"
+    Ledger(state).close()
+    raw = sqlite3.connect(state / DB_NAME)
+    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")  # written by a newer bulkd
+    raw.close()
+    done = bulkd_status(config, "--json", port=1)
+    assert done.returncode == 2
+    assert f"state directory {state}" in done.stderr
+    assert "newer than this bulkd" in done.stderr
+    raw = sqlite3.connect(state / DB_NAME)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1, "not migrated back"
+    raw.close()
 
 
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> None:
