@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8787)
     sim.add_argument("--store", type=Path, default=Path("var/hub-sim"), help="object store directory")
     sim.add_argument("--url-ttl", type=float, default=900.0, help="presigned URL lifetime in seconds")
+    sim.add_argument(
+        "--public-url",
+        type=_public_url,
+        help="base of the presigned upload URLs, as clients reach the simulator (e.g. http://hubsim:8787;"
+        " default: the address it listens on)",
+    )
     sim.set_defaults(handler=_hub_sim)
 
     run = sub.add_parser("run", help="run the daemon: watch the inbox, convert, upload")
@@ -222,8 +228,18 @@ def _report(args: argparse.Namespace, results: list[FileResult], failed: bool = 
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _public_url(text: str) -> str:
+    """argparse type for ``--public-url``: a refusal there names the option and exits 2."""
+    from bulkd.hubsim import public_base_url
+
+    try:
+        return public_base_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _hub_sim(args: argparse.Namespace) -> int:
-    from bulkd.hubsim import SimulatorConfig, run_simulator
+    from bulkd.hubsim import RunningSimulator, SimulatorConfig, run_simulator
     from bulkd.secret import Secret
 
     token = os.environ.get("BULKD_API_TOKEN", "")
@@ -236,8 +252,14 @@ def _hub_sim(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         url_ttl_seconds=args.url_ttl,
+        public_url=args.public_url,
     )
-    run_simulator(config, on_ready=lambda sim: print(f"hub-sim listening on {sim.base_url}", flush=True))
+
+    def ready(sim: RunningSimulator) -> None:
+        urls = f" (upload URLs on {sim.public_url})" if sim.public_url != sim.base_url else ""
+        print(f"hub-sim listening on {sim.base_url}{urls}", flush=True)
+
+    run_simulator(config, on_ready=ready)
     return EXIT_OK
 
 

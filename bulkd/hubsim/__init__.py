@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bulkd.hubsim.config import DEFAULT_MAX_OBJECT_BYTES, SimulatorConfig
+from bulkd.hubsim.config import DEFAULT_MAX_OBJECT_BYTES, SimulatorConfig, public_base_url
 from bulkd.hubsim.faults import Faults, RetryAfterForm
 from bulkd.hubsim.loader import DatasetStats, read_loaded_records
 from bulkd.hubsim.server import RequestLogEntry, SimState, build_app
@@ -38,6 +38,7 @@ __all__ = [
     "RetryAfterForm",
     "RunningSimulator",
     "SimulatorConfig",
+    "public_base_url",
     "run_simulator",
     "start_simulator",
 ]
@@ -56,6 +57,11 @@ class RunningSimulator:
     def base_url(self) -> str:
         """``http://host:port``; also the ``api_url`` a client should use."""
         return self._state.base_url
+
+    @property
+    def public_url(self) -> str:
+        """The base of the presigned URLs it hands out: ``config.public_url``, else :attr:`base_url`."""
+        return self._state.public_url
 
     @property
     def config(self) -> SimulatorConfig:
@@ -117,6 +123,8 @@ async def start_simulator(config: SimulatorConfig) -> RunningSimulator:
     shown = f"[{host}]" if ":" in host else host
     state.base_url = f"http://{shown}:{port}"
     log.info("hub simulator listening on %s (objects in %s)", state.base_url, config.store_dir)
+    if config.public_url is not None:
+        log.info("hub simulator hands out upload URLs on %s", config.public_url)
     return RunningSimulator(state, runner)
 
 

@@ -88,6 +88,11 @@ class SimState:
         self.pending: set[asyncio.Future[None]] = set()
         self.executor = ThreadPoolExecutor(config.load_workers, thread_name_prefix="hubsim-load")
 
+    @property
+    def public_url(self) -> str:
+        """The base of the presigned URLs: the configured public URL, else where it listens."""
+        return self.config.public_url or self.base_url
+
     def schedule_load(self, upload: _Upload, key: str) -> None:
         """Run the dataset load in a worker thread; ``drain()`` waits for these."""
         path = self.store.path_for(key)
@@ -191,7 +196,7 @@ async def _create_upload(request: web.Request) -> web.Response:
     state.uploads[key] = upload
     faults = state.injector.faults
     ttl = faults.url_ttl_seconds if faults.url_ttl_seconds is not None else state.config.url_ttl_seconds
-    base = faults.presign_base_url or state.base_url
+    base = faults.presign_base_url or state.public_url
     url = f"{base}/_store/{key}?{state.presigner.query(key, ttl)}"
     return web.json_response({"id": upload.upload_id, "url": url}, status=201)
 
