@@ -109,12 +109,17 @@ def walk_chunk(led: Ledger, job_id: str, index: int, target: ChunkState) -> None
         led.transition_chunk(job_id, index, step, upload_id=upload_id)
 
 
-def run_python(script: str, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+def python_command(script: str, *args: str, crash: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment to run ``script`` against this checkout, crashing at ``crash`` if given."""
     env = {k: v for k, v in os.environ.items() if k != CRASHPOINT_ENV}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     if crash:
         env[CRASHPOINT_ENV] = crash
-    argv = [sys.executable, "-c", textwrap.dedent(script), *args]
+    return [sys.executable, "-c", textwrap.dedent(script), *args], env
+
+
+def run_python(script: str, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv, env = python_command(script, *args, crash=crash)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -456,9 +461,7 @@ HOLD_SCRIPT = """
 
 def hold_python(script: str, *args: str) -> subprocess.Popen[str]:
     """A Python process driven line by line through its stdin (for interleaving with the test)."""
-    env = {k: v for k, v in os.environ.items() if k != CRASHPOINT_ENV}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-c", textwrap.dedent(script), *args]
+    argv, env = python_command(script, *args)
     return subprocess.Popen(
         argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
