@@ -8,7 +8,6 @@ refusal (:class:`InputError`) or a reject ratio above the threshold leaves no ch
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -32,6 +31,7 @@ from bulkd.encode import EncodedRows, encode_ndjson, to_ndjson
 from bulkd.errors import BulkdError, RejectThresholdError, StorageError
 from bulkd.group import Partitions, group_partition
 from bulkd.mapping import MappedBatch, MappingPlan, flatten_columns, map_batch, plan_mapping
+from bulkd.memory import choose_memory_pool
 from bulkd.model import Reject, RejectRule, SourceBatch
 from bulkd.profile import Profile
 from bulkd.read import ReadOptions, Source, SourceFormat, open_source
@@ -165,7 +165,7 @@ def convert_file(
     ``display_name`` is how rejects and errors name the input (default: ``path``).
     """
     started = time.monotonic()
-    _choose_memory_pool()
+    choose_memory_pool()
     run = _Run(path, out_dir, settings, prefix, display_name)
     try:
         with open_source(path, settings.read) as source:
@@ -215,20 +215,6 @@ def convert_file(
         warnings=tuple(run.warnings),
         seconds=time.monotonic() - started,
     )
-
-
-@functools.cache
-def _choose_memory_pool() -> None:
-    """Arrow's jemalloc pool, when pyarrow has it and the user chose none.
-
-    Units are allocated on the reading thread and freed on the workers; mimalloc (pyarrow's
-    default on Linux) kept ~70 MB more resident than jemalloc for 1 M customer rows (365 against
-    290 MB peak RSS), at the same CPU time. ``ARROW_DEFAULT_MEMORY_POOL`` still decides when set.
-    """
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        return
-    with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def _check_threshold(run: _Run) -> None:

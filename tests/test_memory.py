@@ -1,0 +1,127 @@
+"""The process memory policy, each case in a fresh interpreter (it changes process-wide state)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+_HIDE = """
+    from bulkd.memory import configure_process
+    configure_process()
+"""
+
+
+def _python(code: str, tmp_path: Path, *, stand_in: bool = False, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter; ``stand_in`` puts a fake ``pandas`` on its path
+    (pyarrow itself would reject the fake, so only tests that never reach pyarrow use it)."""
+    fake = tmp_path / "site"
+    (fake / "pandas").mkdir(parents=True, exist_ok=True)
+    (fake / "pandas" / "__init__.py").write_text("__version__ = 'stand-in'\n")
+    environ = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    root = Path(__file__).resolve().parents[1]
+    environ["PYTHONPATH"] = os.pathsep.join([str(fake), str(root)] if stand_in else [str(root)])
+    environ.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_bulkd_process_does_not_load_pandas(tmp_path: Path) -> None:
+    code = (
+        _HIDE
+        + """
+    try:
+        import pandas
+    except ModuleNotFoundError as e:
+        print("hidden", e.name)
+    """
+    )
+    assert _python(code, tmp_path, stand_in=True) == "hidden pandas"
+
+
+def test_without_the_entry_nothing_is_hidden(tmp_path: Path) -> None:
+    """Library use: a program importing bulkd keeps its pandas."""
+    code = """
+    import sys, bulkd.pipeline
+    from bulkd.memory import choose_memory_pool
+    choose_memory_pool()
+    print([type(f).__name__ for f in sys.meta_path if type(f).__module__.startswith("bulkd")])
+    """
+    assert _python(code, tmp_path) == "[]"
+
+
+def test_pandas_already_loaded_is_left_alone(tmp_path: Path) -> None:
+    code = (
+        "\n    import pandas"
+        + _HIDE
+        + """
+    import importlib, sys
+    del sys.modules["pandas"]
+    print(importlib.import_module("pandas").__version__)
+    """
+    )
+    assert _python(code, tmp_path, stand_in=True) == "stand-in"
+
+
+def test_arrow_uses_the_system_allocator(tmp_path: Path) -> None:
+    code = (
+        _HIDE
+        + """
+    import os, pyarrow as pa
+    print(pa.default_memory_pool().backend_name, os.environ["ARROW_DEFAULT_MEMORY_POOL"])
+    """
+    )
+    assert _python(code, tmp_path) == "system system"
+
+
+def test_the_users_choice_of_pool_wins(tmp_path: Path) -> None:
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow build has no jemalloc pool to choose")
+    code = (
+        _HIDE
+        + """
+    import pyarrow as pa
+    print(pa.default_memory_pool().backend_name)
+    """
+    )
+    assert _python(code, tmp_path, ARROW_DEFAULT_MEMORY_POOL="jemalloc") == "jemalloc"
+
+
+def test_a_library_conversion_chooses_the_system_pool(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("email,first_name\na@example.com,Ann\n")
+    code = f"""
+    import pyarrow as pa
+    from pathlib import Path
+    from bulkd.pipeline import ConvertSettings, convert_file
+    from bulkd.schemas import load_record_type
+    settings = ConvertSettings(load_record_type("customer_record"), dataset_id="d", timestamp="1")
+    result = convert_file(Path({str(source)!r}), Path({str(tmp_path)!r}), settings)
+    print(result.rows, pa.default_memory_pool().backend_name)
+    """
+    assert _python(code, tmp_path) == "1 system"
+
+
+def test_the_console_entry_runs_the_cli(tmp_path: Path) -> None:
+    code = """
+    import sys
+    sys.argv = ["bulkd", "--version"]
+    from bulkd.__main__ import run
+    raise SystemExit(run())
+    """
+    assert _python(code, tmp_path).startswith("bulkd ")
