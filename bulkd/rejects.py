@@ -107,6 +107,7 @@ class RejectWriter:
                     part = order[at : at + _SORT_SLICE]
                     spans = zip(starts[part].tolist(), ends[part].tolist(), strict=True)
                     out.write(b"".join(text[a:b] for a, b in spans))
+                    _forget(text)
             os.replace(sorted_tmp, tmp)
         except BaseException:
             sorted_tmp.unlink(missing_ok=True)
@@ -123,3 +124,14 @@ class RejectWriter:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+
+
+def _forget(view: mmap.mmap) -> None:
+    """Drop the mapped pages read so far from this process's resident set.
+
+    Pages of a mapped file count as resident once touched, so without this the sort grew the
+    process by the reject file's size (+23 MB peak RSS at 10 M customer rows, 100 k rejects:
+    the "flat RSS" target). The pages stay in the page cache; a later read maps them again.
+    """
+    if hasattr(mmap, "MADV_DONTNEED"):
+        view.madvise(mmap.MADV_DONTNEED)

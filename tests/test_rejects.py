@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -83,3 +85,40 @@ def test_abort_leaves_nothing(tmp_path: Path, out_of_order: bool) -> None:
     writer.abort()
     assert list(tmp_path.iterdir()) == []
     assert writer.finish() is None
+
+
+_SORT_RSS = """
+import sys
+from pathlib import Path
+from bulkd.model import Reject
+from bulkd.rejects import RejectWriter
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+writer = RejectWriter(Path(sys.argv[1]))
+message = "x" * 150
+for start in range(0, 300_000, 1_000):  # each batch of lines arrives backwards
+    writer.add([Reject("in.csv", line, "f", "rule", message) for line in range(start + 999, start - 1, -1)])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # start the peak (VmHWM) afresh from here
+before = status("VmRSS")
+path = writer.finish()
+print(status("VmHWM") - before, path.stat().st_size)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-RSS reset")
+def test_sorting_a_big_reject_file_does_not_make_it_resident(tmp_path: Path) -> None:
+    """The sort reads through a mapping; its pages must not all stay in the resident set."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SORT_RSS, str(tmp_path / "r.ndjson")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    growth, size = map(int, out.stdout.split())
+    assert size > 50 << 20
+    assert growth < size // 2, f"peak RSS grew {growth >> 20} MB while sorting a {size >> 20} MB file"
