@@ -501,7 +501,7 @@ def summary_json(results: list[FileResult]) -> bytes:
             for r in results
             for c in r.chunks
         ],
-        "rejects": next((str(r.rejects_path) for r in results if r.rejects_path), None),
+        "rejects": [str(r.rejects_path) for r in results if r.rejects_path],
         "errors": [{"input": r.input, "error": r.error} for r in results if r.error],
         "warnings": [w for r in results for w in r.warnings],
     }

@@ -57,8 +57,8 @@ def test_convert_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(chunks[0]) == {"path", "records", "bytes", "sha256"}
     assert chunks[0]["records"] == 2
     assert Path(chunks[0]["path"]).stat().st_size == chunks[0]["bytes"]
-    assert summary["rejects"] is not None
-    assert Path(str(summary["rejects"])).exists()
+    (rejects,) = summary["rejects"]
+    assert Path(rejects).exists()
     assert summary["errors"] == []
     warnings = summary["warnings"]
     assert isinstance(warnings, list)
@@ -119,7 +119,7 @@ def test_validate_writes_rejects_into_the_rejects_directory(
     summary = _summary(captured.out)
     (reject_file,) = rejects_dir.iterdir()
     assert reject_file.name.endswith(".rejects.ndjson")
-    assert summary["rejects"] == str(reject_file)
+    assert summary["rejects"] == [str(reject_file)]
     assert f"rejects in {reject_file}" in captured.err
     assert (summary["rows"], summary["rejected"], summary["chunks"]) == (5, 3, [])
     text = reject_file.read_text()
@@ -215,6 +215,7 @@ def test_convert_several_inputs_in_one_call(tmp_path: Path, capsys: pytest.Captu
     assert [len(i["chunks"]) for i in inputs] == [3, 2, 1]
     reject_files = [i["rejects"] for i in inputs]
     assert reject_files[2] is None
+    assert summary["rejects"] == reject_files[:2]  # every input's reject file, not the first only
     assert reject_files[0] != reject_files[1]
     assert [
         [r["line"] for r in map(orjson.loads, Path(f).read_bytes().splitlines())] for f in reject_files[:2]
@@ -250,7 +251,8 @@ def test_profile_list_separator_end_to_end(tmp_path: Path, capsys: pytest.Captur
         {"product_id": "p3", "name": "Jug", "images": ["https://x.example/j.jpg"]},
         {"product_id": "p4", "name": "Pot", "images": ["https://x.example/p.jpg", "https://x.example/q.jpg"]},
     ]
-    (reject,) = map(orjson.loads, Path(str(summary["rejects"])).read_bytes().splitlines())
+    (rejects,) = summary["rejects"]
+    (reject,) = map(orjson.loads, Path(rejects).read_bytes().splitlines())
     assert (reject["line"], reject["field"], reject["rule"]) == (
         6,
         "images.1",

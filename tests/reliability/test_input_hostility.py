@@ -119,7 +119,7 @@ def test_a_128_mib_ndjson_line_is_rejected_and_the_rest_delivered(tmp_path: Path
     done, summary = _convert_path(tmp_path, source)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (summary["rows"], summary["records"], summary["rejected"]) == (3, 2, 1)
-    rejects = [orjson.loads(line) for line in Path(summary["rejects"]).read_bytes().splitlines()]
+    rejects = [orjson.loads(line) for line in Path(summary["rejects"][0]).read_bytes().splitlines()]
     assert [(r["line"], r["rule"]) for r in rejects] == [(2, "line_too_large")]
     assert done.peak_rss < 400 << 20, f"peak RSS {done.peak_rss >> 20} MiB for a {LONG_LINE >> 20} MiB line"
 
@@ -145,7 +145,7 @@ def test_deeply_nested_ndjson_is_handled_per_line(tmp_path: Path, depth: int, sh
     assert "Traceback" not in done.stderr
     assert summary["rows"] == 4
     assert summary["rows"] == summary["records"] + summary["rejected"]
-    rejects = {r["line"]: r for r in map(orjson.loads, Path(summary["rejects"]).read_bytes().splitlines())}
+    rejects = {r["line"]: r for r in map(orjson.loads, Path(summary["rejects"][0]).read_bytes().splitlines())}
     assert 4 in rejects, "a bare nested document is not a record"
     assert 1 not in rejects
     assert 3 not in rejects
