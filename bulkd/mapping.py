@@ -78,8 +78,10 @@ def plan_mapping(
     """Resolve every column to a schema path; refuse layouts that cannot nest.
 
     Raises:
-        InputError: a column maps to an empty path segment, two columns map to one path, or a
-            path is both a value and an object (``link`` beside ``link.email``).
+        InputError: a column maps to an empty path segment, two columns map to one path, a
+            path is both a value and an object (``link`` beside ``link.email``), or no column
+            and no profile constant reaches a field: every row would be an empty record, which
+            says the file, its delimiter or encoding, or the record type is wrong.
     """
     shape = _with_profile_types(shape_of(record_type.schema), profile)
     kept: list[tuple[str, Path]] = []
@@ -94,10 +96,18 @@ def plan_mapping(
                 input_name, f"column {column!r} maps to {target!r}, which has an empty path part"
             )
         if not _known(shape, path):
-            warnings.append(f"column {column!r} is not a field of {record_type.name}; it is ignored")
+            warnings.append(f"column {_shown(column)} is not a field of {record_type.name}; it is ignored")
             continue
         kept.append((column, path))
     constants = tuple((tuple(p.split(".")), v) for p, v in profile.constants.items())
+    if columns and not kept and not constants:
+        header = ", ".join(_shown(c) for c in columns[:5]) + (", ..." if len(columns) > 5 else "")
+        raise InputError(
+            input_name,
+            f"no column is a field of {record_type.name} (header: {header}); "
+            "is it the right record type, delimiter and encoding?",
+            line=1,
+        )
     _check_nesting(input_name, [p for _, p in kept] + [p for p, _ in constants])
     return MappingPlan(
         input=input_name,
@@ -108,6 +118,11 @@ def plan_mapping(
         list_separator=profile.list_separator,
         style=coerce.DateTimeStyle(naive_offset=profile.naive_offset),
     )
+
+
+def _shown(column: str, limit: int = 40) -> str:
+    """A column name for a message: quoted, and cut short when a garbage header made it huge."""
+    return repr(column if len(column) <= limit else column[:limit] + "...")
 
 
 def _with_profile_types(shape: Shape, profile: Profile) -> Shape:

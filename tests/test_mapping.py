@@ -141,6 +141,43 @@ def test_unknown_columns_are_named_in_warnings(
     assert chunk_records(result) == [{"link": {"customer_id": "c1"}}]
 
 
+def test_a_header_with_no_field_of_the_record_type_refuses_the_file(tmp_path: Path, convert: Convert) -> None:
+    """Every row would be an empty record: a wrong file, delimiter, encoding or record type."""
+    result = convert(_csv(tmp_path, "email;first_name\na@b.example;Ann\n"), "customer_record")
+    assert not result.ok
+    assert result.error is not None
+    assert "in.csv, line 1: no column is a field of customer_record" in result.error
+    assert "'email;first_name'" in result.error
+    assert result.chunks == ()
+
+
+def test_garbage_with_a_utf16_mark_is_refused_by_name(tmp_path: Path, convert: Convert) -> None:
+    """Random code units after FF FE decode to one huge header cell; the message cuts it short."""
+    units = [0x4E00 + (i * 7919) % 0x5000 for i in range(3000)]  # CJK, no surrogates, no newline
+    src = tmp_path / "garbage.csv"
+    src.write_bytes(b"\xff\xfe" + b"".join(u.to_bytes(2, "little") for u in units))
+    result = convert(src, "customer_record")
+    assert not result.ok
+    assert result.error is not None
+    assert "garbage.csv, line 1: no column is a field of customer_record" in result.error
+    assert len(result.error) < 300
+
+
+def test_a_profile_constant_alone_is_enough(tmp_path: Path, convert: Convert, chunk_records: Records) -> None:
+    profile = Profile(constants={"link.customer_id": "c-fixed"})
+    result = convert(_csv(tmp_path, "shoe_size\n44\n"), "customer_record", profile=profile)
+    assert result.ok, result.error
+    assert chunk_records(result) == [{"link": {"customer_id": "c-fixed"}}]
+
+
+def test_long_unknown_column_names_are_cut_short_in_warnings() -> None:
+    columns = ["link.customer_id", "x" * 5000]
+    plan = plan_mapping("x.csv", columns, load_record_type("customer_record"), Profile())
+    (warning,) = plan.warnings
+    assert "x" * 40 + "..." in warning
+    assert len(warning) < 120
+
+
 def test_link_beside_link_email_is_refused(tmp_path: Path, convert: Convert) -> None:
     with pytest.raises(InputError, match="both a value and an object"):
         plan_mapping("x.csv", ["link", "link.email"], load_record_type("customer_record"), Profile())
