@@ -34,6 +34,10 @@ class DocumentMapper:
         self.known = frozenset(record_type.schema.get("properties", {}))
         self.open_top = record_type.schema.get("additionalProperties", True) is not False
         self._unknown: set[str] = set()
+        self._routes: dict[str, tuple[str, ...] | None] = {}
+        """Where each top-level key goes (None: dropped or unknown), decided once per key name:
+        documents of one file repeat the same few keys millions of times."""
+        self._constants = [(tuple(t.split(".")), v) for t, v in profile.constants.items()]
 
     def map(self, batch: SourceBatch) -> tuple[list[str], list[Reject]]:
         """Valid records as JSON texts (in line order) and one reject per refused line."""
@@ -68,21 +72,33 @@ class DocumentMapper:
 
     def _apply_profile(self, doc: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        routes = self._routes
         for key, value in doc.items():
-            target = self.profile.target(key)
-            if target is None or value is None:
+            if value is None:
                 continue
-            if target.split(".")[0] not in self.known and self.known:
-                self._unknown.add(key)
+            path = routes[key] if key in routes else self._route(key)
+            if path is None:
                 continue
-            _set(out, target.split("."), value)
-        for target, constant in self.profile.constants.items():
-            _set(out, target.split("."), constant)
-        normal: dict[str, Any] = _normal_emails(out)
-        return normal
+            if len(path) == 1:
+                out[path[0]] = value
+            else:
+                _set(out, path, value)
+        for path, constant in self._constants:
+            _set(out, path, constant)
+        _normalise_emails(out)
+        return out
+
+    def _route(self, key: str) -> tuple[str, ...] | None:
+        target = self.profile.target(key)
+        path = None if target is None else tuple(target.split("."))
+        if path is not None and self.known and path[0] not in self.known:
+            self._unknown.add(key)
+            path = None
+        self._routes[key] = path
+        return path
 
 
-def _set(doc: dict[str, Any], path: list[str], value: Any) -> None:
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = doc
     for part in path[:-1]:
         child = node.get(part)
@@ -93,13 +109,20 @@ def _set(doc: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _normal_emails(value: Any) -> Any:
-    """Trim and lower-case email fields at any depth, as Lexer's models do."""
+def _normalise_emails(value: dict[str, Any] | list[Any]) -> None:
+    """Trim and lower-case email fields at any depth, as Lexer's models do.
+
+    In place: the document is the one orjson just parsed (or built from it), so nothing else
+    holds it, and rebuilding every nested dict cost more than validating it.
+    """
     if isinstance(value, dict):
-        return {
-            k: (v.strip().lower() if k in EMAIL_FIELDS and isinstance(v, str) else _normal_emails(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_normal_emails(v) for v in value]
-    return value
+        for k, v in value.items():  # replacing a value while iterating is fine: no key changes
+            if isinstance(v, str):
+                if k in EMAIL_FIELDS:
+                    value[k] = v.strip().lower()
+            elif isinstance(v, dict | list):
+                _normalise_emails(v)
+        return
+    for v in value:
+        if isinstance(v, dict | list):
+            _normalise_emails(v)

@@ -121,17 +121,6 @@ class _Run:
     def reject(self, rejects: tuple[Reject, ...] | list[Reject]) -> None:
         self.rejects.add(rejects)
 
-    def emit(self, records: pa.Array, rows_in_records: int) -> None:
-        if len(records) == 0:
-            return
-        self.emit_encoded(encode_ndjson(records), rows_in_records)
-
-    def emit_encoded(self, encoded: EncodedRows | Block, rows_in_records: int) -> None:
-        if self.writer is not None:
-            self.writer.write(encoded)
-        self.records += encoded.rows.count if isinstance(encoded, Block) else encoded.count
-        self.rows_delivered += rows_in_records
-
     def deliver(self, done: _Done) -> None:
         """Take a finished unit of work, in input order."""
         self.reject(done.rejects)
@@ -386,8 +375,14 @@ def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
     """Valid records as a deflated block (none when nothing is written): a unit of work."""
     if run.writer is None or len(records) == 0:
         return _Done([], None, rows_delivered, len(records))
-    block = Block.make(encode_ndjson(records), run.settings.limits.gzip_level)
-    return _Done([], block, rows_delivered, len(records))
+    return _deflated(run, encode_ndjson(records), rows_delivered)
+
+
+def _deflated(run: _Run, rows: EncodedRows, rows_delivered: int) -> _Done:
+    """NDJSON already encoded, deflated into a block (a unit of work for the pool)."""
+    if run.writer is None:
+        return _Done([], None, rows_delivered, rows.count)
+    return _Done([], Block.make(rows, run.settings.limits.gzip_level), rows_delivered, rows.count)
 
 
 def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
@@ -481,12 +476,23 @@ def _emit_groups(table: pa.Table, run: _Run, ordered: _Ordered[Any]) -> None:
 
 
 def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
+    """Documents are mapped and validated here, one by one (Python, under the GIL); deflating
+    a batch's NDJSON releases the GIL, so it runs on the pool beside the next batch's mapping."""
     mapper = DocumentMapper(run.input, run.settings.record_type, run.settings.profile, run.checker)
-    for batch in batches:
-        texts, rejects = mapper.map(batch)
-        run.reject(rejects)
-        if texts:
-            run.emit_encoded(to_ndjson(pa.array(texts, pa.string())), len(texts))
+    ordered: _Ordered[_Done] = _Ordered(_workers(run.settings))
+    try:
+        for batch in batches:
+            texts, rejects = mapper.map(batch)
+            run.reject(rejects)
+            if not texts:
+                continue
+            rows = to_ndjson(pa.array(texts, pa.string()))
+            for done in ordered.submit(functools.partial(_deflated, run, rows, len(texts))):
+                run.deliver(done)
+        for done in ordered.drain():
+            run.deliver(done)
+    finally:
+        ordered.close()
     run.warnings.extend(mapper.warnings())
 
 

@@ -149,6 +149,36 @@ def _mixed_customers(tmp_path: Path, n: int) -> Path:
     return path
 
 
+def test_ndjson_chunk_bytes_do_not_depend_on_threads(tmp_path: Path) -> None:
+    """NDJSON batches are deflated on the pool while the next batch is mapped: same bytes, same order."""
+    src = tmp_path / "docs.ndjson"
+    lines = []
+    for i in range(3000):
+        email = f"  U{i}@Example.com " if i % 7 == 0 else f"u{i}@example.com"
+        doc: dict[str, object] = {"link": {"email": email}, "first_name": f"N{i}"}
+        if i % 101 == 0:
+            doc["date_of_birth"] = "1990-02-31"
+        lines.append(orjson.dumps(doc).decode() if i % 211 else "{not json")
+    src.write_text("\n".join(lines) + "\n")
+    limits = ChunkLimits(max_records=1100)
+    results = []
+    for workers in (0, 1, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        settings = dataclasses.replace(_settings(workers, limits), read=ReadOptions(batch_rows=250))
+        results.append(convert_file(src, out, settings))
+    assert len({tuple(c.sha256_hex for c in r.chunks) for r in results}) == 1
+    first = results[0]
+    assert first.rows == 3000 == first.rows_delivered + first.rejected
+    assert first.rejected == len([i for i in range(3000) if i % 101 == 0 or i % 211 == 0])
+    records = [
+        orjson.loads(line) for c in first.chunks for line in gzip.decompress(c.path.read_bytes()).splitlines()
+    ]
+    assert [r["first_name"] for r in records] == [f"N{i}" for i in range(3000) if i % 101 and i % 211]
+    assert records[0]["link"]["email"] == "u1@example.com"  # line 1 (line 0 is rejected)
+    assert records[6]["link"]["email"] == "u7@example.com"  # trimmed and lower-cased
+
+
 @pytest.mark.parametrize("level", [2, 3])
 def test_chunk_bytes_do_not_depend_on_threads(tmp_path: Path, level: int) -> None:
     """Units deflated on worker threads, or pieces deflated at a chunk split, give the same bytes."""
