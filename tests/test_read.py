@@ -467,6 +467,20 @@ def test_truncated_compressed_stream_is_refused(tmp_path: Path, ext: str) -> Non
         read_all(path)
 
 
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda z: z[:20] + bytes(b ^ 0x5A for b in z[20:60]) + z[60:], "corrupt"),
+        (lambda z: z + b"not a gzip member", "corrupt"),
+        (lambda z: z[:-4] + b"\x00\x00\x00\x00", "corrupt"),  # wrong length in the trailer
+    ],
+)
+def test_damaged_gzip_is_refused_by_name(tmp_path: Path, damage: Callable[[bytes], bytes], why: str) -> None:
+    path = write(tmp_path, "bad.csv.gz", damage(gzip.compress(CSV_BODY * 50)))
+    with pytest.raises(InputError, match=f"bad.csv.gz: the gzip data is {why}"):
+        read_all(path)
+
+
 def test_gzip_bomb_hits_the_ratio_cap(tmp_path: Path) -> None:
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     parts = [compressor.compress(b"a,b\n")]
