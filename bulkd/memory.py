@@ -5,11 +5,11 @@ is not Arrow's live data: Arrow's pool peaks at 30-70 MB for 1 M rows while the 
 200-300 MB. The rest is what allocators keep after a free, and the interpreter's imports.
 Measured on 1 M rows (fresh processes, alternated; benchmarks/README.md):
 
-* Arrow's system pool with one glibc arena: customer CSV 230 MB, Parquet 187-195, purchase
-  lines 215-218 peak RSS; jemalloc: 208 / 271 / 264; mimalloc (pyarrow's default): higher still.
-  Units are allocated on the reading thread and freed on a worker: with an arena per thread
-  glibc keeps freed memory in each (224-247 MB); jemalloc keeps dirty pages of the Parquet
-  reader's pattern. CPU time was the same or lower with one arena.
+* Arrow's system pool with one glibc arena: customer CSV 228 MB, Parquet 193, purchase lines
+  211 peak RSS; jemalloc 204 / 221 / 243; mimalloc (pyarrow's default) 294 / 333 / 308. Units
+  are allocated on the reading thread and freed on a worker; with an arena per thread glibc
+  keeps freed memory in each (purchases 248 MB without the limit). CPU time was the same or
+  lower with one arena.
 * pyarrow imports pandas whenever pandas is installed (its C++ side asks again on every
   ``pa.array`` of a list): 35-45 MB and 0.2 s of start-up in a process that never builds a
   DataFrame.
@@ -55,8 +55,8 @@ def _one_malloc_arena() -> None:
     """Threads share glibc's main arena, so memory freed by a worker is reused by the reader.
 
     Only threads that allocate for the first time after this call obey it, and importing numpy
-    or pyarrow starts threads, so a process sets it before those imports (measured: 239-260 MB
-    peak RSS when set after them, 187-230 MB before).
+    or pyarrow starts threads, so a process sets it before those imports (purchase lines: 231 MB
+    peak RSS when set after them, 211-218 MB before).
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None)
