@@ -47,6 +47,7 @@ __all__ = [
     "fsync_dir",
     "move_durable",
     "probe_writable",
+    "remove_stale_probes",
     "remove_temp_files",
     "rename_durable",
     "sha256_fd",
@@ -183,12 +184,45 @@ def rename_durable(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
+PROBE_OPEN = declare_crashpoint("durable.probe.open")
+"""A writability probe's file exists (and has no name, where the filesystem allows)."""
+_PROBE_PREFIX = ".bulkd-probe-"
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+"""What ``O_TMPFILE`` fails with where the kernel or filesystem lacks it."""
+
+
 def probe_writable(directory: Path) -> None:
-    """Create and remove an empty temp file in ``directory``; raises the ``OSError`` if it cannot
-    (a read-only volume, a full disk, wrong ownership), so a refusal names the real cause."""
-    probe = directory / f".bulkd-probe-{os.getpid()}{TEMP_SUFFIX}"
+    """Create and remove a file in ``directory``; raises the ``OSError`` if it cannot (a read-only
+    volume, a full disk, wrong ownership), so a refusal names the real cause.
+
+    The file is made with ``O_TMPFILE`` where the filesystem has it: it never has a name, so a
+    process killed mid-probe leaves nothing behind (a named probe did, found by the soak). Other
+    filesystems get a named probe, which :func:`remove_stale_probes` sweeps at start-up.
+    """
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            fd = os.open(directory, tmpfile | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+        else:
+            try:
+                crashpoint(PROBE_OPEN)
+            finally:
+                os.close(fd)
+            return
+    probe = directory / f"{_PROBE_PREFIX}{os.getpid()}{TEMP_SUFFIX}"
     probe.write_bytes(b"")
-    probe.unlink()
+    try:
+        crashpoint(PROBE_OPEN)
+    finally:
+        probe.unlink()
+
+
+def remove_stale_probes(directory: Path) -> list[Path]:
+    """Named probes left by a process killed mid-probe (filesystems without ``O_TMPFILE``)."""
+    return remove_temp_files(directory, f"{_PROBE_PREFIX}*{TEMP_SUFFIX}")
 
 
 def sha256_fd(fd: int) -> str:

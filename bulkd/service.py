@@ -30,10 +30,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from bulkd.config import Config, UploadSection
-from bulkd.durable import probe_writable, remove_temp_files
+from bulkd.durable import probe_writable, remove_stale_probes, remove_temp_files
 from bulkd.errors import LedgerError, StorageError
 from bulkd.hubsim import RunningSimulator, SimulatorConfig, start_simulator
 from bulkd.inbox import ClaimedFile, Inbox, InboxSettings, Route, forget_claim
@@ -181,9 +182,12 @@ class Service:
         await asyncio.to_thread(self._prepare_directories)
         ledger = await AsyncLedger.open(conf.state_dir)
         stack.push_async_callback(ledger.close)
-        # Only now, holding the instance lock: temp files of a crashed report or archive move.
+        # Only now, holding the instance lock: temp files of a crashed report or archive move,
+        # and named probes of a process killed while probing a directory.
         for directory in (conf.done_dir, conf.failed_dir):
             await asyncio.to_thread(remove_temp_files, directory)
+        for _key, directory in self._directories():
+            await asyncio.to_thread(remove_stale_probes, directory)
         simulator = await self._simulator(stack)
         upload_settings = self._upload_settings(simulator)
         uploader = await stack.enter_async_context(Uploader(upload_settings))
@@ -211,16 +215,20 @@ class Service:
             "the embedded simulator" if conf.uses_simulator else upload_settings.api_url,
         )
 
-    def _prepare_directories(self) -> None:
+    def _directories(self) -> tuple[tuple[str, Path], ...]:
+        """Every directory the daemon writes in, with the config key that names it."""
         conf = self.config
-        for key, path in (
+        return (
             ("inbox.dir", conf.inbox_dir),
             ("inbox.work_dir", conf.work_dir),
             ("inbox.done_dir", conf.done_dir),
             ("inbox.failed_dir", conf.failed_dir),
             ("spool.dir", conf.spool_dir),
             ("state.dir", conf.state_dir),
-        ):
+        )
+
+    def _prepare_directories(self) -> None:
+        for key, path in self._directories():
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 probe_writable(path)

@@ -16,6 +16,8 @@ from bulkd.durable import (
     CRASHPOINT_ENV,
     declare_crashpoint,
     fsync_dir,
+    probe_writable,
+    remove_stale_probes,
     remove_temp_files,
     rename_durable,
     write_atomic,
@@ -183,3 +185,20 @@ def test_move_durable_moves_and_leaves_no_temp(tmp_path: Path) -> None:
     assert list(dst_dir.iterdir()) == [dst_dir / "g"]
     with pytest.raises(StorageError, match="cannot move"):
         move_durable(src_dir / "missing", dst_dir / "h")
+
+
+def test_probe_writable_leaves_no_entry_behind(tmp_path: Path) -> None:
+    probe_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_writable_names_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        probe_writable(tmp_path / "absent")
+
+
+def test_remove_stale_probes_takes_only_probe_names(tmp_path: Path) -> None:
+    (tmp_path / ".bulkd-probe-7.tmp").write_bytes(b"")
+    (tmp_path / ".other.tmp").write_bytes(b"")
+    assert remove_stale_probes(tmp_path) == [tmp_path / ".bulkd-probe-7.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == [".other.tmp"]

@@ -315,6 +315,22 @@ def test_a_second_signal_exits_at_once_and_a_restart_finishes(tmp_path: Path, si
     stopped.restart_finishes(sim, reput_ok=True)
 
 
+def test_named_probes_left_by_a_kill_are_swept_at_start(tmp_path: Path) -> None:
+    """On filesystems without O_TMPFILE the writability probe has a name; a process killed while
+    probing leaves it, and the next start removes it (only bulkd's own probe names)."""
+    daemon = Daemon.create(tmp_path)
+    stale = [d / ".bulkd-probe-4242.tmp" for d in (daemon.inbox, daemon.state, daemon.done)]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    other = daemon.inbox / ".someone-else.tmp"
+    other.write_bytes(b"")
+    proc = daemon.run("--once")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p for p in stale if p.exists()] == []
+    assert other.exists()
+
+
 def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     daemon = Daemon.create(tmp_path)
     proc = daemon.run("--once", "--sample")
