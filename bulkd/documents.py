@@ -32,7 +32,6 @@ class DocumentMapper:
         self.profile = profile
         self.checker = checker
         self.known = frozenset(record_type.schema.get("properties", {}))
-        self.open_top = record_type.schema.get("additionalProperties", True) is not False
         self._unknown: set[str] = set()
         self._routes: dict[str, tuple[str, ...] | None] = {}
         """Where each top-level key goes (None: dropped or unknown), decided once per key name:

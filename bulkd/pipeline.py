@@ -379,10 +379,15 @@ def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
 
 
 def _deflated(run: _Run, rows: EncodedRows, rows_delivered: int) -> _Done:
-    """NDJSON already encoded, deflated into a block (a unit of work for the pool)."""
-    if run.writer is None:
-        return _Done([], None, rows_delivered, rows.count)
+    """Encoded NDJSON as a deflated block for the writer."""
     return _Done([], Block.make(rows, run.settings.limits.gzip_level), rows_delivered, rows.count)
+
+
+def _documents(run: _Run, texts: list[str]) -> _Done:
+    """Valid NDJSON documents as a deflated block (none when nothing is written): a unit of work."""
+    if run.writer is None:
+        return _Done([], None, len(texts), len(texts))
+    return _deflated(run, to_ndjson(pa.array(texts, pa.string())), len(texts))
 
 
 def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
@@ -486,8 +491,7 @@ def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
             run.reject(rejects)
             if not texts:
                 continue
-            rows = to_ndjson(pa.array(texts, pa.string()))
-            for done in ordered.submit(functools.partial(_deflated, run, rows, len(texts))):
+            for done in ordered.submit(functools.partial(_documents, run, texts)):
                 run.deliver(done)
         for done in ordered.drain():
             run.deliver(done)
