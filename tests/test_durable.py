@@ -192,7 +192,7 @@ def test_probe_writable_leaves_no_entry_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_probe_writable_names_a_missing_directory(tmp_path: Path) -> None:
+def test_probe_writable_raises_for_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         probe_writable(tmp_path / "absent")
 
