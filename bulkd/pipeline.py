@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,12 +401,17 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
         done = _encoded(run, valid, len(valid))
         return _Done(rejects, done.block, done.rows_delivered, done.records)
 
+    flat = (_flat(source, raw) for raw in batches)
+    pieces = _units(flat, run.settings.work_rows, run.settings.work_bytes)
+    _deliver_in_order(run, (functools.partial(work, plan_for(p.data), p) for p in pieces))
+
+
+def _deliver_in_order(run: _Run, units: Iterable[Callable[[], _Done]]) -> None:
+    """Run units of work on the pool as they come and deliver the results in input order."""
     ordered: _Ordered[_Done] = _Ordered(_workers(run.settings))
     try:
-        flat = (_flat(source, raw) for raw in batches)
-        for piece in _units(flat, run.settings.work_rows, run.settings.work_bytes):
-            plan = plan_for(piece.data)
-            for done in ordered.submit(functools.partial(work, plan, piece)):
+        for unit in units:
+            for done in ordered.submit(unit):
                 run.deliver(done)
         for done in ordered.drain():
             run.deliver(done)
@@ -484,19 +489,15 @@ def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
     """Documents are mapped and validated here, one by one (Python, under the GIL); deflating
     a batch's NDJSON releases the GIL, so it runs on the pool beside the next batch's mapping."""
     mapper = DocumentMapper(run.input, run.settings.record_type, run.settings.profile, run.checker)
-    ordered: _Ordered[_Done] = _Ordered(_workers(run.settings))
-    try:
+
+    def units() -> Iterator[Callable[[], _Done]]:
         for batch in batches:
             texts, rejects = mapper.map(batch)
             run.reject(rejects)
-            if not texts:
-                continue
-            for done in ordered.submit(functools.partial(_documents, run, texts)):
-                run.deliver(done)
-        for done in ordered.drain():
-            run.deliver(done)
-    finally:
-        ordered.close()
+            if texts:
+                yield functools.partial(_documents, run, texts)
+
+    _deliver_in_order(run, units())
     run.warnings.extend(mapper.warnings())
 
 
