@@ -19,7 +19,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bulkd ./bulkd
-# Every dependency ships manylinux wheels, so the build needs no compiler.
+# Every dependency ships manylinux wheels; the compiler is for bulkd's own one-pass NDJSON writer
+# (bulkd/_jsonl.c, ~3x faster encoding than the Arrow fallback) and stays in this stage.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/bulkd \
     && /opt/bulkd/bin/pip install --no-cache-dir . \
     && mkdir -p /data/files /data/spool /data/state

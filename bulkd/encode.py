@@ -1,5 +1,10 @@
 """Encoding: typed Arrow records become NDJSON text, a whole array at a time.
 
+NDJSON is written in one pass by a small C extension (``bulkd._jsonl``) when it was built, which
+is the usual case. Without a C compiler at install time, the same bytes come from Arrow string
+kernels, the path described next, at about three times the cost. Types the extension does not
+know (floats, dates, lists, exotic types) reach it already as JSON text from that path.
+
 JSON is assembled with Arrow string kernels: each field becomes a ``,"key":value`` fragment
 (null when the value is absent, so absent fields are omitted, never written as ``null``), the
 fragments of an object are concatenated in one kernel call, and arrays are joined per list.
@@ -20,6 +25,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bulkd.coerce import DateTimeStyle, to_date, to_datetime
+
+try:
+    from bulkd import _jsonl
+
+    NATIVE = True
+    """Whether the C writer was built; without it (no C compiler at install) Arrow writes the same bytes."""
+except ImportError:
+    NATIVE = False
 
 __all__ = ["EncodedRows", "encode_ndjson", "encode_records", "to_ndjson"]
 
@@ -54,9 +67,58 @@ def encode_records(records: pa.Array) -> pa.StringArray:
     return _encode(records)
 
 
-def encode_ndjson(records: pa.StructArray) -> EncodedRows:
-    """NDJSON of ``records`` (which must not be null): the newline rides in the objects' own join."""
+def encode_ndjson(records: pa.StructArray, keep: np.ndarray | None = None) -> EncodedRows:
+    """NDJSON of ``records`` (which must not be null), or of the rows where ``keep`` is true.
+
+    ``keep`` saves copying the valid records out of a unit before writing them.
+    """
+    if NATIVE:
+        return native_ndjson(records, keep)
+    return arrow_ndjson(records if keep is None else records.filter(keep))
+
+
+def native_ndjson(records: pa.StructArray, keep: np.ndarray | None = None) -> EncodedRows:
+    """:func:`encode_ndjson` by the C extension (which must be built); the GIL is released while it writes."""
+    assert NATIVE, "bulkd._jsonl was not built"
+    flags = None if keep is None else np.ascontiguousarray(keep, dtype=np.bool_)
+    owner, address, size, offsets, count = _jsonl.encode(_node(records), len(records), flags)
+    data = pa.foreign_buffer(address, size, base=owner)
+    return EncodedRows(data=data, offsets=np.frombuffer(offsets, dtype=np.int64), count=count)
+
+
+def arrow_ndjson(records: pa.StructArray) -> EncodedRows:
+    """:func:`encode_ndjson` by Arrow kernels: the newline rides in the objects' own join."""
     return _lines(_encode_struct(records, close="}\n"))
+
+
+_STRUCT, _STRING, _RAW, _BOOL, _INT64 = range(5)
+Node = tuple[object, ...]
+"""An array as ``bulkd._jsonl`` reads it: kind, validity buffer, offset, then the kind's buffers."""
+
+
+def _node(arr: pa.Array) -> Node:
+    """The tree of buffers the extension writes from; other types go as JSON text from :func:`_encode`."""
+    kind = arr.type
+    validity = arr.buffers()[0] if arr.null_count else None
+    if pa.types.is_struct(kind):
+        members = tuple((orjson.dumps(f.name) + b":", _node(arr.field(i))) for i, f in enumerate(kind))
+        return (_STRUCT, validity, arr.offset, members)
+    if pa.types.is_string(kind):
+        _, offsets, data = arr.buffers()
+        return (_STRING, validity, arr.offset, offsets, data)
+    if pa.types.is_large_string(kind):
+        return _node(arr.cast(pa.string()))
+    if pa.types.is_boolean(kind):
+        return (_BOOL, validity, arr.offset, arr.buffers()[1])
+    if pa.types.is_int64(kind):
+        return (_INT64, validity, arr.offset, arr.buffers()[1])
+    if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
+        return _node(arr.cast(pa.int64()))
+    text = _encode(arr)
+    if pa.types.is_large_string(text.type):
+        text = text.cast(pa.string())
+    text_validity, offsets, data = text.buffers()
+    return (_RAW, text_validity if text.null_count else None, text.offset, offsets, data)
 
 
 def to_ndjson(rows: pa.StringArray) -> EncodedRows:

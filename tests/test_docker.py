@@ -239,7 +239,7 @@ def clean_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for source in ("pyproject.toml", "README.md", "bulkd"):
         target = context / source
         if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / source, target)
@@ -260,15 +260,17 @@ def clean_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "zz_dependencies.pth").write_text("\n".join(sorted(deps)) + "\n", encoding="utf-8")
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = subprocess.run(
-        [str(python), "-c", "import bulkd; print(bulkd.__file__)"],
+    where, native = subprocess.run(
+        [str(python), "-c", "import bulkd, bulkd.encode as e; print(bulkd.__file__); print(e.NATIVE)"],
         capture_output=True,
         text=True,
         check=True,
         cwd=base,
         env=clean_env,
-    ).stdout.strip()
+    ).stdout.split()
     assert where.startswith(str(venv)), f"bulkd imported from {where}, not the clean install"
+    # The image's build stage has a compiler, as this machine does: the wheel carries the C writer.
+    assert native == "True", "the wheel was built without bulkd's C NDJSON writer"
     return venv
 
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime
+import math
+import shutil
+import sysconfig
+
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bulkd.encode import encode_ndjson, encode_records, to_ndjson
+from bulkd import encode
+from bulkd.encode import (
+    EncodedRows,
+    arrow_ndjson,
+    encode_ndjson,
+    encode_records,
+    native_ndjson,
+    to_ndjson,
+)
 
 
 def test_records_encode_as_json_without_nulls() -> None:
@@ -62,3 +79,156 @@ def test_encode_ndjson_is_the_records_with_newlines(rows: list[dict[str, object]
     joined = to_ndjson(encode_records(records))
     assert bytes(direct.slice_bytes(0, direct.count)) == bytes(joined.slice_bytes(0, joined.count))
     assert list(direct.offsets) == list(joined.offsets)
+
+
+# The C writer (bulkd._jsonl) against the Arrow-kernel path: the same bytes, always.
+
+needs_native = pytest.mark.skipif(
+    not encode.NATIVE,
+    reason="bulkd._jsonl was not built (no C compiler at install): the Arrow path is the only encoder",
+)
+
+
+def test_native_writer_is_built_where_a_compiler_is() -> None:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) on this machine, so none was built at install")
+    assert encode.NATIVE, "a C compiler is here, yet the install did not build bulkd._jsonl"
+
+
+def _same_bytes(records: pa.StructArray, keep: np.ndarray | None = None) -> EncodedRows:
+    native = native_ndjson(records, keep)
+    arrow = arrow_ndjson(records if keep is None else records.filter(pa.array(keep)))
+    assert bytes(native.slice_bytes(0, native.count)) == bytes(arrow.slice_bytes(0, arrow.count))
+    assert native.count == arrow.count
+    assert list(native.offsets) == list(arrow.offsets)
+    return native
+
+
+_TEXT = st.text(
+    alphabet=st.one_of(st.characters(max_codepoint=0x7F), st.sampled_from("é😀\u2028\x7f")), max_size=40
+)
+_ROW = st.fixed_dictionaries(
+    {
+        "s": st.none() | _TEXT,
+        "i8": st.none() | st.integers(-128, 127),
+        "i64": st.none() | st.integers(-(2**63), 2**63 - 1),
+        "u64": st.none() | st.integers(0, 2**64 - 1),
+        "b": st.none() | st.booleans(),
+        "f": st.none() | st.floats(allow_nan=True, allow_infinity=True),
+        "o": st.none() | st.fixed_dictionaries({"k": st.none() | _TEXT, "n": st.none() | st.integers(0, 9)}),
+        "l": st.none() | st.lists(st.none() | _TEXT, max_size=3),
+        "d": st.none() | st.dates(),
+    }
+)
+_TYPE = pa.struct(
+    [
+        ("s", pa.string()),
+        ("i8", pa.int8()),
+        ("i64", pa.int64()),
+        ("u64", pa.uint64()),
+        ("b", pa.bool_()),
+        ("f", pa.float64()),
+        ("o", pa.struct([("k", pa.string()), ("n", pa.int32())])),
+        ("l", pa.list_(pa.string())),
+        ("d", pa.date32()),
+    ]
+)
+
+
+@needs_native
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(_ROW, min_size=1, max_size=30), data=st.data())
+def test_native_writer_matches_the_arrow_path(rows: list[dict[str, object]], data: st.DataObject) -> None:
+    records = pa.array(rows, _TYPE)
+    start = data.draw(st.integers(0, len(rows) - 1))
+    records = records.slice(start, data.draw(st.integers(0, len(rows) - start)))
+    keep = data.draw(st.none() | st.lists(st.booleans(), min_size=len(records), max_size=len(records)))
+    mask = None if keep is None else np.array(keep, dtype=np.bool_)
+    encoded = _same_bytes(records, mask)
+    written = [r for r, k in zip(records.to_pylist(), keep or [True] * len(records), strict=True) if k]
+    lines = bytes(encoded.slice_bytes(0, encoded.count)).splitlines()
+    assert [orjson.loads(line) for line in lines] == [_as_json(row) for row in written]
+
+
+def _as_json(value: object) -> object:
+    """What a record reads as: absent members dropped, non-finite floats null, dates in ISO form."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return value
+
+
+@needs_native
+def test_native_writer_escapes_as_orjson_does() -> None:
+    every = "".join(chr(c) for c in range(0x80)) + "é😀\u2028"
+    values = [every, "", "plain", '"', "\\", "x" * 100 + "\n", "\x1f" * 9]
+    records = pa.StructArray.from_arrays([pa.array(values)], names=["v"])
+    encoded = _same_bytes(records)
+    expected = b"".join(b'{"v":' + orjson.dumps(v) + b"}\n" for v in values)
+    assert bytes(encoded.slice_bytes(0, encoded.count)) == expected
+
+
+@needs_native
+def test_native_writer_reads_values_that_end_their_buffer() -> None:
+    # Short values are copied as fixed-size moves when the buffer has room after them; a value at
+    # the very end of a buffer with no spare bytes must be copied exactly.
+    data = pa.py_buffer(b"abcdefghij")
+    offsets = pa.py_buffer(np.array([0, 3, 10], dtype=np.int32).tobytes())
+    values = pa.StringArray.from_buffers(2, offsets, data)
+    records = pa.StructArray.from_arrays([values, pa.array([1, 2])], names=["v", "n"])
+    encoded = _same_bytes(records)
+    assert bytes(encoded.slice_bytes(0, 2)) == b'{"v":"abc","n":1}\n{"v":"defghij","n":2}\n'
+
+
+@needs_native
+def test_native_outputs_stay_intact_while_buffers_are_recycled() -> None:
+    # Freed output buffers are reused; text still referenced must never be written over.
+    first = pa.array([{"a": "one", "b": i} for i in range(1000)])
+    second = pa.array([{"a": "two", "b": i} for i in range(1000)])
+    kept = native_ndjson(first)
+    before = bytes(kept.slice_bytes(0, kept.count))
+    for _ in range(10):
+        native_ndjson(second)  # each result is dropped at once, so its buffer goes back to the pool
+    assert bytes(kept.slice_bytes(0, kept.count)) == before
+    assert native_ndjson(first).slice_bytes(0, 1000).tobytes() == before
+
+
+@needs_native
+def test_native_writer_runs_on_many_threads_at_once() -> None:
+    records = pa.array([{"a": f"row {i}", "o": {"x": i % 3 == 0}} for i in range(20_000)])
+    expected = bytes(arrow_ndjson(records).slice_bytes(0, len(records)))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: native_ndjson(records), range(16)))
+    assert all(bytes(r.slice_bytes(0, r.count)) == expected for r in results)
+
+
+@needs_native
+def test_native_writer_skips_rows_the_mask_drops() -> None:
+    records = pa.array([{"a": i} for i in range(5)])
+    none = native_ndjson(records, np.zeros(5, dtype=np.bool_))
+    assert none.count == 0
+    assert none.nbytes == 0
+    some = native_ndjson(records, np.array([True, False, True, False, False]))
+    assert bytes(some.slice_bytes(0, some.count)) == b'{"a":0}\n{"a":2}\n'
+
+
+@needs_native
+def test_native_writer_refuses_a_top_level_with_nulls() -> None:
+    with pytest.raises(ValueError, match="top level"):
+        native_ndjson(pa.array([{"a": 1}, None]))
+
+
+def test_without_the_extension_the_mask_filters_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = pa.array([{"a": i, "s": "x"} for i in range(6)])
+    keep = np.array([True, False, True, True, False, True])
+    monkeypatch.setattr(encode, "NATIVE", False)
+    fallback = encode.encode_ndjson(records, keep)
+    assert bytes(fallback.slice_bytes(0, fallback.count)) == b"".join(
+        b'{"a":%d,"s":"x"}\n' % i for i in (0, 2, 3, 5)
+    )

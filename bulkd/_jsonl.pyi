@@ -1,0 +1,3 @@
+"""Types of the C extension built from _jsonl.c (see bulkd.encode)."""
+
+def encode(node: tuple[object, ...], length: int, keep: object) -> tuple[object, int, int, bytes, int]: ...
