@@ -371,11 +371,13 @@ def _concat(batches: list[SourceBatch]) -> SourceBatch:
     return SourceBatch(data, lines, (), batches[-1].bytes_read)
 
 
-def _encoded(run: _Run, records: pa.Array, rows_delivered: int) -> _Done:
-    """Valid records as a deflated block (none when nothing is written): a unit of work."""
-    if run.writer is None or len(records) == 0:
-        return _Done([], None, rows_delivered, len(records))
-    return _deflated(run, encode_ndjson(records), rows_delivered)
+def _encoded(run: _Run, records: pa.Array, rows_delivered: int, keep: np.ndarray | None = None) -> _Done:
+    """Valid records, or those ``keep`` marks, as a deflated block (none when nothing is written):
+    a unit of work. The mask spares a copy of the valid records when a few rows are rejected."""
+    count = len(records) if keep is None else int(np.count_nonzero(keep))
+    if run.writer is None or count == 0:
+        return _Done([], None, rows_delivered, count)
+    return _deflated(run, encode_ndjson(records, keep), rows_delivered)
 
 
 def _deflated(run: _Run, rows: EncodedRows, rows_delivered: int) -> _Done:
@@ -397,9 +399,9 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
         mapped = map_batch(plan, batch)
         verdict = run.checker.verdict(run.input, mapped.records, mapped.lines, skip=mapped.bad)
         rejects = [*mapped.rejects, *verdict.rejects]
-        valid = mapped.records.filter(verdict.valid) if rejects else mapped.records
-        done = _encoded(run, valid, len(valid))
-        return _Done(rejects, done.block, done.rows_delivered, done.records)
+        keep = verdict.valid.to_numpy(zero_copy_only=False) if rejects else None
+        done = _encoded(run, mapped.records, 0, keep)
+        return _Done(rejects, done.block, done.records, done.records)
 
     flat = (_flat(source, raw) for raw in batches)
     pieces = _units(flat, run.settings.work_rows, run.settings.work_bytes)
