@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bulkd.coerce import all_false, calendar_ok, iso_dates_ok, iso_datetimes_ok
-from bulkd.encode import encode_records
+from bulkd.encode import encode_ndjson
 from bulkd.errors import SchemaError
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
 from bulkd.model import Reject
@@ -316,13 +316,13 @@ class RecordChecker:
         if not pc.any(doubtful).as_py():
             return Verdict(ok, (), 0)
         suspects = pc.indices_nonzero(doubtful)
-        texts = encode_records(records.take(suspects)).to_pylist()
+        texts = encode_ndjson(records, doubtful.to_numpy(zero_copy_only=False))
         line_of = lines.take(suspects).to_pylist()
         flags = ok.to_numpy(zero_copy_only=False).copy()
         rejects: list[Reject] = []
         cleared = 0
-        for row, text, line in zip(suspects.to_pylist(), texts, line_of, strict=True):
-            reason = self.explain(orjson.loads(text))
+        for i, (row, line) in enumerate(zip(suspects.to_pylist(), line_of, strict=True)):
+            reason = self.explain(orjson.loads(texts.slice_bytes(i, i + 1)))
             if reason is None:
                 flags[row] = True
                 cleared += 1
