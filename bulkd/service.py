@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bulkd import encode
 from bulkd.config import Config, UploadSection
 from bulkd.durable import probe_writable, remove_stale_probes, remove_temp_files
 from bulkd.errors import LedgerError, StorageError
@@ -214,6 +215,11 @@ class Service:
             ", or routes" if conf.inbox.routes else "",
             "the embedded simulator" if conf.uses_simulator else upload_settings.api_url,
         )
+        if not encode.NATIVE:
+            log.warning(
+                "bulkd's C NDJSON writer was not built (no C compiler at install), so records are "
+                "encoded by the slower Arrow path; reinstall bulkd where gcc or cc is available"
+            )
 
     def _directories(self) -> tuple[tuple[str, Path], ...]:
         """Every directory the daemon writes in, with the config key that names it."""
