@@ -52,6 +52,17 @@ def test_a_bulkd_process_does_not_load_pandas(tmp_path: Path) -> None:
     assert _python(code, tmp_path, stand_in=True) == "hidden pandas"
 
 
+def test_numpy_starts_no_blas_threads_in_a_bulkd_process(tmp_path: Path) -> None:
+    count = """
+    import os
+    import numpy
+    print(len(os.listdir("/proc/self/task")))
+    """
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("counting threads needs /proc")
+    assert int(_python(_HIDE + count, tmp_path)) == 1  # numpy alone starts one per core
+
+
 def test_without_the_entry_nothing_is_hidden(tmp_path: Path) -> None:
     """Library use: a program importing bulkd keeps its pandas."""
     code = """
