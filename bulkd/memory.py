@@ -85,8 +85,8 @@ def configure_process() -> None:
     changes only the pool of Python-level calls. So the process sets the variable (the user's
     own value wins, and bulkd's child processes inherit it), limits glibc to one arena before
     numpy and pyarrow start their threads, keeps OpenBLAS to one thread, and hides pandas from
-    pyarrow unless something already imported it. Not called by the library: a program that imports bulkd keeps its
-    own allocator and its pandas.
+    pyarrow unless something already imported it. Not called by the library: a program that
+    imports bulkd keeps its own allocator and its pandas.
     """
     if os.environ.setdefault(_POOL_ENV, "system") == "system":
         _one_malloc_arena()

@@ -239,7 +239,9 @@ def clean_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for source in ("pyproject.toml", "README.md", "bulkd"):
         target = context / source
         if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+            shutil.copytree(
+                ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
+            )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / source, target)
