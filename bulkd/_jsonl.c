@@ -74,7 +74,8 @@ static void *holder_alloc(Holder *h, size_t size) {
     return block;
 }
 
-/* The bytes of a buffer object (None allowed when `optional`), at least `need` of them. */
+/* The bytes of a buffer object, at least `need` of them; None gives NULL when `optional` (a
+   validity bitmap or mask that is absent means "all set"). */
 static int holder_view(Holder *h, PyObject *obj, Py_ssize_t need, int optional, const uint8_t **out) {
     if (obj == Py_None) {
         if (!optional && need > 0) {
@@ -173,10 +174,13 @@ static int parse_node(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, 
             PyErr_SetString(PyExc_ValueError, "Arrow string offsets out of order");
             return -1;
         }
-        if (holder_view(h, PyTuple_GET_ITEM(spec, 4), hi, 1, &node->data) < 0) return -1;
-        if (!node->data) node->data = (const uint8_t *)"";
-        node->data_end = node->data + hi;
-        if (node->data != (const uint8_t *)"") node->data_end = node->data + h->views[h->nviews - 1].len;
+        /* No data buffer is fine only when every value is empty. */
+        if (holder_view(h, PyTuple_GET_ITEM(spec, 4), hi, hi == 0, &node->data) < 0) return -1;
+        if (node->data) {
+            node->data_end = node->data + h->views[h->nviews - 1].len; /* the view just taken */
+        } else {                                                       /* every value is empty */
+            node->data = node->data_end = (const uint8_t *)"";
+        }
         *estimate += (int64_t)(hi - lo) + (kind == K_STRING ? 2 : 0) * (int64_t)length;
         return 0;
     }

@@ -2,8 +2,9 @@
 
 NDJSON is written in one pass by a small C extension (``bulkd._jsonl``) when it was built, which
 is the usual case. Without a C compiler at install time, the same bytes come from Arrow string
-kernels, the path described next, at about three times the cost. Types the extension does not
-know (floats, dates, lists, exotic types) reach it already as JSON text from that path.
+kernels, the path described next, at about four times the cost (0.8 against 0.2 CPU s for a
+million customer records). Types the extension does not know (floats, dates, lists, exotic
+types) reach it already as JSON text from that path.
 
 JSON is assembled with Arrow string kernels: each field becomes a ``,"key":value`` fragment
 (null when the value is absent, so absent fields are omitted, never written as ``null``), the
@@ -34,7 +35,15 @@ try:
 except ImportError:
     NATIVE = False
 
-__all__ = ["EncodedRows", "encode_ndjson", "encode_records", "to_ndjson"]
+__all__ = [
+    "NATIVE",
+    "EncodedRows",
+    "arrow_ndjson",
+    "encode_ndjson",
+    "encode_records",
+    "native_ndjson",
+    "to_ndjson",
+]
 
 _NEEDS_ESCAPE_RE = r'[\x00-\x1f"\\]'
 _QUOTE = ord('"')

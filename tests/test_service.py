@@ -12,6 +12,8 @@ import gzip
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -342,6 +344,7 @@ def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     assert source.endswith(".csv")
     assert (report["state"], report["rows"], report["records"], report["rejected"]) == ("archived", 40, 37, 3)
     assert "dry run: simulated dataset demo now holds 37 records from 1 upload(s)" in proc.stderr
+    assert "C NDJSON writer was not built" not in proc.stderr
     objects = sorted((daemon.data_dir / "hubsim" / "objects").iterdir())
     assert [p.name for p in objects] == [f"{c['upload_id']}-{c['filename']}" for c in report["chunks"]]
     with gzip.open(io.BytesIO(objects[0].read_bytes())) as fh:
@@ -352,3 +355,22 @@ def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     assert sorted(orjson.loads(line)["line"] for line in rejects) == [14, 27, 33]
     check_clean(daemon)
     assert_no_secrets(daemon)
+
+
+def test_without_the_c_writer_the_daemon_warns_and_delivers_the_same(tmp_path: Path) -> None:
+    """An install without a C compiler: the Arrow path encodes, and the start-up log says so."""
+    daemon = Daemon.create(tmp_path)
+    blocked = "import sys; sys.modules['bulkd._jsonl'] = None; from bulkd.__main__ import run; run()"
+    proc = subprocess.run(
+        [sys.executable, "-c", blocked, "run", "--config", str(daemon.config_path), "--once", "--sample"],
+        env=daemon.env(),
+        cwd=daemon.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "C NDJSON writer was not built" in proc.stderr
+    [report] = load_reports(daemon.done).values()
+    assert (report["state"], report["records"], report["rejected"]) == ("archived", 37, 3)
