@@ -46,7 +46,11 @@ class ParquetSource(Source):
     def batches(self) -> Iterator[SourceBatch]:
         total, size, done = self._file.metadata.num_rows, self.path.stat().st_size, 0
         try:
-            for data in self._file.iter_batches(batch_size=self._options.batch_rows):
+            # Decoded on this thread, like the CSV reader: the pipeline's workers already keep every
+            # core busy, and Arrow's own decode threads on top cost CPU (five alternated pairs,
+            # 1 M customer rows: 4.96 -> 4.54 CPU s, 2.92 -> 2.68 s wall).
+            batches = self._file.iter_batches(batch_size=self._options.batch_rows, use_threads=False)
+            for data in batches:
                 lines = pa.array(np.arange(done + 1, done + data.num_rows + 1, dtype=np.int64))
                 done += data.num_rows
                 yield SourceBatch(data, lines, (), size * done // max(1, total))
