@@ -40,7 +40,6 @@ __all__ = [
     "EncodedRows",
     "arrow_ndjson",
     "encode_ndjson",
-    "encode_records",
     "native_ndjson",
     "to_ndjson",
 ]
@@ -69,11 +68,6 @@ class EncodedRows:
     def nbytes(self) -> int:
         """Uncompressed size of all records."""
         return int(self.offsets[self.count] - self.offsets[0])
-
-
-def encode_records(records: pa.Array) -> pa.StringArray:
-    """One JSON object text per record (records must not be null)."""
-    return _encode(records)
 
 
 def encode_ndjson(records: pa.StructArray, keep: np.ndarray | None = None) -> EncodedRows:
