@@ -371,13 +371,14 @@ def _concat(batches: list[SourceBatch]) -> SourceBatch:
     return SourceBatch(data, lines, (), batches[-1].bytes_read)
 
 
-def _encoded(run: _Run, records: pa.Array, rows_delivered: int, keep: np.ndarray | None = None) -> _Done:
+def _encoded(run: _Run, records: pa.Array, keep: np.ndarray | None = None) -> _Done:
     """Valid records, or those ``keep`` marks, as a deflated block (none when nothing is written):
-    a unit of work. The mask spares a copy of the valid records when a few rows are rejected."""
+    a unit of work. The mask spares a copy of the valid records when a few rows are rejected.
+    Delivered rows are counted by the callers (for purchases they are order lines, not records)."""
     count = len(records) if keep is None else int(np.count_nonzero(keep))
     if run.writer is None or count == 0:
-        return _Done([], None, rows_delivered, count)
-    return _deflated(run, encode_ndjson(records, keep), rows_delivered)
+        return _Done([], None, 0, count)
+    return _deflated(run, encode_ndjson(records, keep), 0)
 
 
 def _deflated(run: _Run, rows: EncodedRows, rows_delivered: int) -> _Done:
@@ -400,7 +401,7 @@ def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> 
         verdict = run.checker.verdict(run.input, mapped.records, mapped.lines, skip=mapped.bad)
         rejects = [*mapped.rejects, *verdict.rejects]
         keep = verdict.valid.to_numpy(zero_copy_only=False) if rejects else None
-        done = _encoded(run, mapped.records, 0, keep)
+        done = _encoded(run, mapped.records, keep)
         return _Done(rejects, done.block, done.records, done.records)
 
     flat = (_flat(source, raw) for raw in batches)
@@ -480,7 +481,7 @@ def _emit_groups(table: pa.Table, run: _Run, ordered: _Ordered[Any]) -> None:
     run.rows_delivered += int(grouped.sizes[valid].sum())
     step = run.settings.work_rows
     for start in range(0, len(records), step):
-        unit = functools.partial(_encoded, run, records.slice(start, step), 0)
+        unit = functools.partial(_encoded, run, records.slice(start, step))
         for done in ordered.submit(unit):
             run.deliver(done)
     for done in ordered.drain():
