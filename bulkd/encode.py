@@ -13,7 +13,9 @@ Python touches single values only where a string needs JSON escaping (quotes, ba
 control characters), which real data rarely has, and for exotic Arrow types.
 
 The bytes are deterministic: keys follow the column order, numbers use Arrow's shortest
-round-trip formatting.
+round-trip formatting. A dictionary-encoded column (Parquet's low-cardinality strings) writes
+the bytes its decoded values would: the C writer reads int32-indexed string dictionaries as they
+are, and everything else decodes them first.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def arrow_ndjson(records: pa.StructArray) -> EncodedRows:
     return _lines(_encode_struct(records, close="}\n"))
 
 
-_STRUCT, _STRING, _RAW, _BOOL, _INT64 = range(5)
+_STRUCT, _STRING, _RAW, _BOOL, _INT64, _DICT = range(6)
 Node = tuple[object, ...]
 """An array as ``bulkd._jsonl`` reads it: kind, validity buffer, offset, then the kind's buffers."""
 
@@ -111,6 +113,8 @@ def _node(arr: pa.Array) -> Node:
         return (_STRING, validity, arr.offset, offsets, data)
     if pa.types.is_large_string(kind):
         return _node(arr.cast(pa.string()))
+    if pa.types.is_dictionary(kind):
+        return _dict_node(arr, validity)
     if pa.types.is_boolean(kind):
         return (_BOOL, validity, arr.offset, arr.buffers()[1])
     if pa.types.is_int64(kind):
@@ -122,6 +126,32 @@ def _node(arr: pa.Array) -> Node:
         text = text.cast(pa.string())
     text_validity, offsets, data = text.buffers()
     return (_RAW, text_validity if text.null_count else None, text.offset, offsets, data)
+
+
+def _dict_node(arr: pa.DictionaryArray, validity: pa.Buffer | None) -> Node:
+    """A dictionary the extension reads in place (int32 indices into strings without nulls), else decoded.
+
+    The extension treats a row as present from the indices' validity alone, so a dictionary
+    holding nulls is decoded: its null values must make their rows absent.
+    """
+    kind = arr.type
+    values = arr.dictionary
+    if pa.types.is_int32(kind.index_type) and pa.types.is_string(kind.value_type) and not values.null_count:
+        indices = arr.indices  # shares the dictionary array's offset and validity
+        return (_DICT, validity, arr.offset, indices.buffers()[1], len(values), _node(values))
+    return _node(_decoded(arr))
+
+
+def _decoded(arr: pa.Array) -> pa.Array:
+    """``arr`` with any dictionary encoding undone: null where the index or its value is."""
+    if pa.types.is_dictionary(arr.type):
+        return arr.dictionary.take(arr.indices)
+    return arr
+
+
+def _fields(arr: pa.StructArray) -> list[pa.Array]:
+    """The struct's member arrays, decoded: a dictionary's nulls are not all in its validity."""
+    return [_decoded(arr.field(i)) for i in range(arr.type.num_fields)]
 
 
 def to_ndjson(rows: pa.StringArray) -> EncodedRows:
@@ -143,6 +173,7 @@ def _lines(lines: pa.Array) -> EncodedRows:
 
 
 def _encode(arr: pa.Array) -> pa.Array:
+    arr = _decoded(arr)
     t = arr.type
     if pa.types.is_struct(t):
         return _encode_struct(arr)
@@ -171,6 +202,8 @@ Parts = list[pa.Array | str]
 def _member(key: str, value: pa.Array) -> Parts:
     """Join arguments that write ``,"key":value``, all null where the value is absent.
 
+    ``value`` is never dictionary-encoded (see :func:`_fields`): its validity must be the values'.
+
     A value with no nulls needs no fragment of its own: its key goes into the object's join as
     a constant, and so do the braces and keys of a nested object (inlined), which saves a pass
     over the bytes each.
@@ -196,9 +229,12 @@ def _object_parts(arr: pa.StructArray) -> Parts | None:
     """
     if arr.null_count or arr.type.num_fields == 0 or arr.field(0).null_count:
         return None
+    children = _fields(arr)
+    if children[0].null_count:  # a dictionary's null values
+        return None
     parts: Parts = []
-    for i, field in enumerate(arr.type):
-        parts.extend(_member(field.name, arr.field(i)))
+    for field, child in zip(arr.type, children, strict=True):
+        parts.extend(_member(field.name, child))
     first = parts[0]
     assert isinstance(first, str)  # a member without nulls starts with its constant key
     parts[0] = "{" + first[1:]
@@ -231,7 +267,7 @@ def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
     if inline is not None:
         return _join_present(_merged([*inline, close]))
     n = len(arr)
-    children = [arr.field(i) for i in range(arr.type.num_fields)]
+    children = _fields(arr)
     empty = "{" + close
     if not children:
         text = pa.repeat(pa.scalar(empty), n)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -155,11 +156,24 @@ _TYPE = pa.struct(
 )
 
 
+def _dictionary_encoded(arr: pa.Array) -> pa.Array:
+    """``arr`` with its string columns (at any depth in structs) dictionary-encoded, as Parquet reads them."""
+    if pa.types.is_struct(arr.type):
+        children = [_dictionary_encoded(arr.field(i)) for i in range(arr.type.num_fields)]
+        mask = arr.is_null() if arr.null_count else None
+        return pa.StructArray.from_arrays(children, names=[f.name for f in arr.type], mask=mask)
+    if pa.types.is_string(arr.type):
+        return pc.dictionary_encode(arr)  # int32 indices, nulls in the indices only
+    return arr
+
+
 @needs_native
 @settings(max_examples=150, deadline=None)
 @given(rows=st.lists(_ROW, min_size=1, max_size=30), data=st.data())
 def test_native_writer_matches_the_arrow_path(rows: list[dict[str, object]], data: st.DataObject) -> None:
     records = pa.array(rows, _TYPE)
+    if data.draw(st.booleans()):
+        records = _dictionary_encoded(records)
     start = data.draw(st.integers(0, len(rows) - 1))
     records = records.slice(start, data.draw(st.integers(0, len(rows) - start)))
     keep = data.draw(st.none() | st.lists(st.booleans(), min_size=len(records), max_size=len(records)))
@@ -251,3 +265,159 @@ def test_without_the_extension_the_mask_filters_the_same_rows(monkeypatch: pytes
     assert bytes(fallback.slice_bytes(0, fallback.count)) == b"".join(
         b'{"a":%d,"s":"x"}\n' % i for i in (0, 2, 3, 5)
     )
+
+
+# Dictionary-encoded strings (how Parquet's low-cardinality columns are read): the bytes of the
+# decoded values, whichever encoder writes them.
+
+_NEEDS_ESCAPES = ["", 'q"uo\\te', "\x01\n\t\x1f", "é😀\u2028", "plain", "x" * 40]
+
+
+def _decoded(arr: pa.Array) -> pa.Array:
+    """``arr`` with every dictionary (at any depth in structs) replaced by its values."""
+    if pa.types.is_struct(arr.type):
+        children = [_decoded(arr.field(i)) for i in range(arr.type.num_fields)]
+        mask = arr.is_null() if arr.null_count else None
+        return pa.StructArray.from_arrays(children, names=[f.name for f in arr.type], mask=mask)
+    if pa.types.is_dictionary(arr.type):
+        return arr.dictionary.take(arr.indices)
+    return arr
+
+
+def _encoded_bytes(encoder: Encoder, records: pa.StructArray, keep: np.ndarray | None = None) -> bytes:
+    if keep is None:
+        encoded = encoder(records)
+    elif encoder is native_ndjson:
+        encoded = native_ndjson(records, keep)
+    else:
+        encoded = encoder(records.filter(pa.array(keep)))
+    return bytes(encoded.slice_bytes(0, encoded.count))
+
+
+_INT32 = pa.int32()
+
+
+def _dictionary(indices: list[int | None], values: pa.Array, index_type: pa.DataType = _INT32) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(indices, index_type), values)
+
+
+def _dictionary_records() -> pa.StructArray:
+    """Dictionary members at the top and inside a struct, with index nulls, sliced at both levels."""
+    # The dictionary itself is sliced too: its first value is never one of the column's.
+    values = pa.array(["unused", *_NEEDS_ESCAPES]).slice(1)
+    n = 12
+    top = _dictionary([None if i % 5 == 3 else i % len(_NEEDS_ESCAPES) for i in range(n)], values)
+    inner = _dictionary([None if i % 4 == 1 else (i * 7) % len(_NEEDS_ESCAPES) for i in range(n)], values)
+    o = pa.StructArray.from_arrays(
+        [inner, pa.array(range(n))], names=["k", "n"], mask=pa.array([i % 6 == 5 for i in range(n)])
+    )
+    records = pa.StructArray.from_arrays([pa.array(range(n)), top, o], names=["i", "d", "o"])
+    return records.slice(2, 9)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_dictionary_columns_encode_as_their_decoded_strings(encoder: Encoder) -> None:
+    records = _dictionary_records()
+    assert records.offset == 2
+    assert records.field(1).offset == 2
+    written = _encoded_bytes(encoder, records)
+    assert written == _encoded_bytes(encoder, _decoded(records))
+    expected = [_as_json(row) for row in records.to_pylist()]
+    assert [orjson.loads(line) for line in written.splitlines()] == expected
+    assert written == b"".join(orjson.dumps(row) + b"\n" for row in expected)  # orjson's escapes
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_dictionary_columns_respect_the_keep_mask(encoder: Encoder) -> None:
+    records = _dictionary_records()
+    keep = np.array([i % 3 != 1 for i in range(len(records))])
+    written = _encoded_bytes(encoder, records, keep)
+    assert written == _encoded_bytes(encoder, _decoded(records), keep)
+    assert written.count(b"\n") == int(keep.sum())
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize(
+    "column",
+    [
+        pytest.param(_dictionary([0, None, 2, 1, 2], pa.array(["a", 'b"', "\n"]), pa.int8()), id="int8"),
+        pytest.param(_dictionary([2, 1, None, 0, 0], pa.array(["a", "", "é\\"]), pa.int64()), id="int64"),
+        pytest.param(_dictionary([0, 1, None, 2, 1], pa.array(["a", None, "c"])), id="null-value"),
+        # Nulls in the values only: the column's own validity says every row is present.
+        pytest.param(_dictionary([2, 1, 0, 1, 2], pa.array(["a", None, "c"])), id="null-value-only"),
+        pytest.param(_dictionary([1, 0, 1, None, 0], pa.array(["x", "yy"], pa.large_string())), id="large"),
+        pytest.param(_dictionary([1, 0, None, 1, 0], pa.array([7, None])), id="int-values"),
+    ],
+)
+def test_other_dictionaries_encode_as_their_decoded_values(encoder: Encoder, column: pa.Array) -> None:
+    o = pa.StructArray.from_arrays([column], names=["v"])
+    records = pa.StructArray.from_arrays([column, o, pa.array(range(5))], names=["v", "o", "n"]).slice(1)
+    written = _encoded_bytes(encoder, records)
+    assert written == _encoded_bytes(encoder, _decoded(records))
+    expected = [_as_json(row) for row in records.to_pylist()]
+    assert [orjson.loads(line) for line in written.splitlines()] == expected
+
+
+@needs_native
+def test_native_writer_reads_int32_string_dictionaries_in_place() -> None:
+    # Not decoded first: the node handed to the extension is a dictionary node (kind 5) whose
+    # dictionary is the string array itself.
+    records = _dictionary_records()
+    members = dict(encode._node(records)[3])
+    kind, validity, offset, _indices, dict_length, dictionary = members[b'"d":']
+    assert (kind, offset, dict_length) == (5, records.offset, len(_NEEDS_ESCAPES))
+    assert validity is not None  # the indices' nulls
+    assert dictionary[:3] == (1, None, 1)  # a string node without nulls, at the dictionary's offset
+    inner = dict(members[b'"o":'][3])
+    assert inner[b'"k":'][0] == 5
+
+
+def _with_indices(indices: np.ndarray, valid: list[bool] | None, values: pa.Array) -> pa.StructArray:
+    """Records of one dictionary member whose indices are taken as given (not checked by Arrow)."""
+    validity = None if valid is None else pa.array(valid).buffers()[1]
+    nulls = 0 if valid is None else valid.count(False)
+    index_array = pa.Array.from_buffers(
+        pa.int32(), len(indices), [validity, pa.py_buffer(indices.astype(np.int32))], null_count=nulls
+    )
+    column = pa.DictionaryArray.from_arrays(index_array, values, safe=False)
+    return pa.StructArray.from_arrays([column, pa.array(range(len(indices)))], names=["d", "n"])
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [2, -1, 2**31 - 1, -(2**31)])
+def test_native_writer_refuses_dictionary_indices_out_of_range(bad: int) -> None:
+    records = _with_indices(np.array([0, 1, bad, 0]), None, pa.array(["a", "b"]))
+    with pytest.raises(ValueError, match="dictionary index out of range"):
+        native_ndjson(records)
+    with pytest.raises(ValueError, match="dictionary index out of range"):
+        native_ndjson(records.slice(2, 1))
+
+
+@needs_native
+def test_native_writer_ignores_indices_under_null_slots() -> None:
+    records = _with_indices(np.array([1, 99, -5, 0]), [True, False, False, True], pa.array(["a", "b"]))
+    encoded = native_ndjson(records)
+    assert bytes(encoded.slice_bytes(0, 4)) == b'{"d":"b","n":0}\n{"n":1}\n{"n":2}\n{"d":"a","n":3}\n'
+    # Outside the slice, a bad index under a present row is not read at all.
+    sliced = native_ndjson(_with_indices(np.array([7, 1, 0]), None, pa.array(["a", "b"])).slice(1))
+    assert bytes(sliced.slice_bytes(0, 2)) == b'{"d":"b","n":1}\n{"d":"a","n":2}\n'
+
+
+@needs_native
+def test_native_writer_refuses_a_dictionary_node_with_null_values() -> None:
+    from bulkd import _jsonl
+
+    values = pa.array(["a", None])
+    _, offsets, data = values.buffers()
+    indices = pa.py_buffer(np.array([0, 0], dtype=np.int32))
+    good = (1, None, 0, offsets, data)
+    spec = (0, None, 0, ((b'"d":', (5, None, 0, indices, 2, good)),))
+    assert _jsonl.encode(spec, 2, None)[4] == 2  # the same node without its validity is read
+    with_nulls = (1, values.buffers()[0], 0, offsets, data)
+    with pytest.raises(ValueError, match="no nulls"):
+        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, with_nulls)),)), 2, None)
+    not_strings = (4, None, 0, indices)
+    with pytest.raises(TypeError, match="string node"):
+        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, not_strings)),)), 2, None)
+    with pytest.raises(ValueError, match="needed"):  # indices shorter than the rows
+        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, good)),)), 3, None)
