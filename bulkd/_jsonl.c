@@ -13,15 +13,10 @@
  *   (2, validity, offset, offsets, data)                UTF-8 text that already is JSON
  *   (3, validity, offset, values)                       boolean (bit-packed)
  *   (4, validity, offset, values)                       int64
- *   (5, validity, offset, indices, dict_length, dictionary)
- *                                                       dictionary-encoded string: int32 indices
- *                                                       into `dictionary`, a string node (1)
- *                                                       of dict_length values without nulls
  *
  * validity is None when the array has no nulls. The bytes are those of the Arrow path: a null
  * member is omitted (never written as null), a struct with no member present is {}, keys follow
- * the field order, and strings are escaped as orjson escapes them. A dictionary-encoded value is
- * written as its dictionary's string is, so Parquet's low-cardinality columns need no decoding.
+ * the field order, and strings are escaped as orjson escapes them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_STRUCT = 0, K_STRING = 1, K_RAW = 2, K_BOOL = 3, K_INT64 = 4, K_DICT = 5 };
+enum { K_STRUCT = 0, K_STRING = 1, K_RAW = 2, K_BOOL = 3, K_INT64 = 4 };
 
 /* Values up to this many bytes are copied as one fixed-size move (most keys and cells). */
 #define SHORT 16
@@ -48,9 +43,6 @@ struct Node {
     Node *children;
     const char **keys;
     Py_ssize_t *key_lens;
-    const int32_t *indices;  /* dictionary: each row's index into `dict` */
-    Py_ssize_t dict_length;
-    Node *dict;              /* dictionary: the string node of its values (never null) */
 };
 
 /* What a call borrowed or allocated, released in one place whatever happens. */
@@ -114,8 +106,6 @@ static int holder_view(Holder *h, PyObject *obj, Py_ssize_t need, int optional, 
 static Py_ssize_t bitmap_bytes(int64_t offset, Py_ssize_t length) {
     return (Py_ssize_t)((offset + length + 7) / 8);
 }
-
-static int parse_dict(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, int64_t *estimate);
 
 /* Fill `node` from its tuple; `estimate` grows by a guess of the bytes it writes. */
 static int parse_node(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, int64_t *estimate) {
@@ -200,70 +190,10 @@ static int parse_node(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, 
     case K_INT64:
         *estimate += 8 * (int64_t)length;
         return holder_view(h, PyTuple_GET_ITEM(spec, 3), (offset + length) * 8, 0, &node->data);
-    case K_DICT:
-        return parse_dict(spec, node, length, h, estimate);
     default:
         PyErr_Format(PyExc_ValueError, "unknown node kind %ld", kind);
         return -1;
     }
-}
-
-static inline int present(const Node *n, int64_t row) {
-    if (!n->validity) return 1;
-    int64_t i = n->offset + row;
-    return (n->validity[i >> 3] >> (i & 7)) & 1;
-}
-
-/* The K_DICT part of parse_node (offset and validity are already in `node`). Every index of a
-   present row is checked here, with the GIL, so that the writer, which runs without it, can
-   trust them: a bad one would read outside the dictionary's buffers. */
-static int parse_dict(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, int64_t *estimate) {
-    if (PyTuple_GET_SIZE(spec) != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "dictionary node must be (kind, validity, offset, indices, dict_length, dictionary)");
-        return -1;
-    }
-    int64_t offset = node->offset;
-    const uint8_t *indices;
-    if (holder_view(h, PyTuple_GET_ITEM(spec, 3), (offset + length) * 4, 0, &indices) < 0) return -1;
-    node->indices = (const int32_t *)indices;
-    Py_ssize_t dict_length = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 4));
-    if (dict_length == -1 && PyErr_Occurred()) return -1;
-    if (dict_length < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative dictionary length");
-        return -1;
-    }
-    node->dict_length = dict_length;
-    PyObject *values = PyTuple_GET_ITEM(spec, 5);
-    long values_kind = PyTuple_Check(values) && PyTuple_GET_SIZE(values) >= 2
-                           ? PyLong_AsLong(PyTuple_GET_ITEM(values, 0)) : -1;
-    if (PyErr_Occurred()) return -1;
-    if (values_kind != K_STRING) {
-        PyErr_SetString(PyExc_TypeError, "a dictionary node's dictionary must be a string node");
-        return -1;
-    }
-    /* A null value would need its row treated as absent, which `present` does not look at. */
-    if (PyTuple_GET_ITEM(values, 1) != Py_None) {
-        PyErr_SetString(PyExc_ValueError, "a dictionary node's dictionary must have no nulls");
-        return -1;
-    }
-    node->dict = holder_alloc(h, sizeof(Node));
-    if (!node->dict) return -1;
-    /* The dictionary's own bytes are not the output's: only the rows' share of them is. */
-    int64_t dict_bytes = 0;
-    if (parse_node(values, node->dict, dict_length, h, &dict_bytes) < 0) return -1;
-    for (Py_ssize_t row = 0; row < length; row++) {
-        if (!present(node, row)) continue;
-        int32_t index = node->indices[offset + row];
-        if (index < 0 || index >= dict_length) {
-            PyErr_SetString(PyExc_ValueError, "dictionary index out of range");
-            return -1;
-        }
-    }
-    /* Each row writes one value, guessed at the dictionary's average (dict_bytes counted each
-       value's bytes plus its quotes once). */
-    if (dict_length > 0) *estimate += dict_bytes / dict_length * (int64_t)length;
-    return 0;
 }
 
 typedef struct {
@@ -326,9 +256,6 @@ static void mark_clean(Node *n, Py_ssize_t length) {
     } else if (n->kind == K_STRING && length > 0) {
         int32_t lo = n->offsets[n->offset], hi = n->offsets[n->offset + length];
         n->clean = !any_escape(n->data + lo, (size_t)(hi - lo));
-    } else if (n->kind == K_DICT) {
-        /* Its values are scanned once, however many rows repeat them. */
-        mark_clean(n->dict, n->dict_length);
     }
 }
 
@@ -338,6 +265,12 @@ static inline void copy_bytes(char *dst, const uint8_t *src, size_t len, const u
         memcpy(dst, src, SHORT);
     else
         memcpy(dst, src, len);
+}
+
+static inline int present(const Node *n, int64_t row) {
+    if (!n->validity) return 1;
+    int64_t i = n->offset + row;
+    return (n->validity[i >> 3] >> (i & 7)) & 1;
 }
 
 static void put_escaped(Out *o, const uint8_t *s, size_t n) {
@@ -433,9 +366,6 @@ static void put_value(Out *o, const Node *n, int64_t row) {
         put_int64(o, v);
         return;
     }
-    case K_DICT: /* the index was checked when parsing; the value is written as K_STRING does */
-        put_value(o, n->dict, n->indices[i]);
-        return;
     }
 }
 

@@ -13,9 +13,7 @@ Python touches single values only where a string needs JSON escaping (quotes, ba
 control characters), which real data rarely has, and for exotic Arrow types.
 
 The bytes are deterministic: keys follow the column order, numbers use Arrow's shortest
-round-trip formatting. A dictionary-encoded column (Parquet's low-cardinality strings) writes
-the bytes its decoded values would: the C writer reads int32-indexed string dictionaries as they
-are, and everything else decodes them first.
+round-trip formatting. A dictionary-encoded column writes the bytes of its decoded values.
 """
 
 from __future__ import annotations
@@ -96,7 +94,7 @@ def arrow_ndjson(records: pa.StructArray) -> EncodedRows:
     return _lines(_encode_struct(records, close="}\n"))
 
 
-_STRUCT, _STRING, _RAW, _BOOL, _INT64, _DICT = range(6)
+_STRUCT, _STRING, _RAW, _BOOL, _INT64 = range(5)
 Node = tuple[object, ...]
 """An array as ``bulkd._jsonl`` reads it: kind, validity buffer, offset, then the kind's buffers."""
 
@@ -114,7 +112,7 @@ def _node(arr: pa.Array) -> Node:
     if pa.types.is_large_string(kind):
         return _node(arr.cast(pa.string()))
     if pa.types.is_dictionary(kind):
-        return _dict_node(arr, validity)
+        return _node(_decoded(arr))
     if pa.types.is_boolean(kind):
         return (_BOOL, validity, arr.offset, arr.buffers()[1])
     if pa.types.is_int64(kind):
@@ -126,20 +124,6 @@ def _node(arr: pa.Array) -> Node:
         text = text.cast(pa.string())
     text_validity, offsets, data = text.buffers()
     return (_RAW, text_validity if text.null_count else None, text.offset, offsets, data)
-
-
-def _dict_node(arr: pa.DictionaryArray, validity: pa.Buffer | None) -> Node:
-    """A dictionary the extension reads in place (int32 indices into strings without nulls), else decoded.
-
-    The extension treats a row as present from the indices' validity alone, so a dictionary
-    holding nulls is decoded: its null values must make their rows absent.
-    """
-    kind = arr.type
-    values = arr.dictionary
-    if pa.types.is_int32(kind.index_type) and pa.types.is_string(kind.value_type) and not values.null_count:
-        indices = arr.indices  # shares the dictionary array's offset and validity
-        return (_DICT, validity, arr.offset, indices.buffers()[1], len(values), _node(values))
-    return _node(_decoded(arr))
 
 
 def _decoded(arr: pa.Array) -> pa.Array:

@@ -157,7 +157,7 @@ _TYPE = pa.struct(
 
 
 def _dictionary_encoded(arr: pa.Array) -> pa.Array:
-    """``arr`` with its string columns (at any depth in structs) dictionary-encoded, as Parquet reads them."""
+    """``arr`` with its string columns (at any depth in structs) dictionary-encoded."""
     if pa.types.is_struct(arr.type):
         children = [_dictionary_encoded(arr.field(i)) for i in range(arr.type.num_fields)]
         mask = arr.is_null() if arr.null_count else None
@@ -267,8 +267,8 @@ def test_without_the_extension_the_mask_filters_the_same_rows(monkeypatch: pytes
     )
 
 
-# Dictionary-encoded strings (how Parquet's low-cardinality columns are read): the bytes of the
-# decoded values, whichever encoder writes them.
+# Dictionary-encoded columns (pandas categoricals, Arrow dictionaries): the bytes of the decoded
+# values, whichever encoder writes them.
 
 _NEEDS_ESCAPES = ["", 'q"uo\\te', "\x01\n\t\x1f", "é😀\u2028", "plain", "x" * 40]
 
@@ -356,68 +356,3 @@ def test_other_dictionaries_encode_as_their_decoded_values(encoder: Encoder, col
     assert written == _encoded_bytes(encoder, _decoded(records))
     expected = [_as_json(row) for row in records.to_pylist()]
     assert [orjson.loads(line) for line in written.splitlines()] == expected
-
-
-@needs_native
-def test_native_writer_reads_int32_string_dictionaries_in_place() -> None:
-    # Not decoded first: the node handed to the extension is a dictionary node (kind 5) whose
-    # dictionary is the string array itself.
-    records = _dictionary_records()
-    members = dict(encode._node(records)[3])
-    kind, validity, offset, _indices, dict_length, dictionary = members[b'"d":']
-    assert (kind, offset, dict_length) == (5, records.offset, len(_NEEDS_ESCAPES))
-    assert validity is not None  # the indices' nulls
-    assert dictionary[:3] == (1, None, 1)  # a string node without nulls, at the dictionary's offset
-    inner = dict(members[b'"o":'][3])
-    assert inner[b'"k":'][0] == 5
-
-
-def _with_indices(indices: np.ndarray, valid: list[bool] | None, values: pa.Array) -> pa.StructArray:
-    """Records of one dictionary member whose indices are taken as given (not checked by Arrow)."""
-    validity = None if valid is None else pa.array(valid).buffers()[1]
-    nulls = 0 if valid is None else valid.count(False)
-    index_array = pa.Array.from_buffers(
-        pa.int32(), len(indices), [validity, pa.py_buffer(indices.astype(np.int32))], null_count=nulls
-    )
-    column = pa.DictionaryArray.from_arrays(index_array, values, safe=False)
-    return pa.StructArray.from_arrays([column, pa.array(range(len(indices)))], names=["d", "n"])
-
-
-@needs_native
-@pytest.mark.parametrize("bad", [2, -1, 2**31 - 1, -(2**31)])
-def test_native_writer_refuses_dictionary_indices_out_of_range(bad: int) -> None:
-    records = _with_indices(np.array([0, 1, bad, 0]), None, pa.array(["a", "b"]))
-    with pytest.raises(ValueError, match="dictionary index out of range"):
-        native_ndjson(records)
-    with pytest.raises(ValueError, match="dictionary index out of range"):
-        native_ndjson(records.slice(2, 1))
-
-
-@needs_native
-def test_native_writer_ignores_indices_under_null_slots() -> None:
-    records = _with_indices(np.array([1, 99, -5, 0]), [True, False, False, True], pa.array(["a", "b"]))
-    encoded = native_ndjson(records)
-    assert bytes(encoded.slice_bytes(0, 4)) == b'{"d":"b","n":0}\n{"n":1}\n{"n":2}\n{"d":"a","n":3}\n'
-    # Outside the slice, a bad index under a present row is not read at all.
-    sliced = native_ndjson(_with_indices(np.array([7, 1, 0]), None, pa.array(["a", "b"])).slice(1))
-    assert bytes(sliced.slice_bytes(0, 2)) == b'{"d":"b","n":1}\n{"d":"a","n":2}\n'
-
-
-@needs_native
-def test_native_writer_refuses_a_dictionary_node_with_null_values() -> None:
-    from bulkd import _jsonl
-
-    values = pa.array(["a", None])
-    _, offsets, data = values.buffers()
-    indices = pa.py_buffer(np.array([0, 0], dtype=np.int32))
-    good = (1, None, 0, offsets, data)
-    spec = (0, None, 0, ((b'"d":', (5, None, 0, indices, 2, good)),))
-    assert _jsonl.encode(spec, 2, None)[4] == 2  # the same node without its validity is read
-    with_nulls = (1, values.buffers()[0], 0, offsets, data)
-    with pytest.raises(ValueError, match="no nulls"):
-        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, with_nulls)),)), 2, None)
-    not_strings = (4, None, 0, indices)
-    with pytest.raises(TypeError, match="string node"):
-        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, not_strings)),)), 2, None)
-    with pytest.raises(ValueError, match="needed"):  # indices shorter than the rows
-        _jsonl.encode((0, None, 0, ((b'"d":', (5, None, 0, indices, 2, good)),)), 3, None)
