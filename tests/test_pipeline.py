@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,88 @@ def test_units_end_at_the_row_count_or_byte_bound_whatever_the_batches() -> None
         size = sum(len(cells[i - 1]) + 8 for i in unit)
         assert len(unit) == 16 or size >= 6000, "a unit ends early only at the byte bound"
         assert size - (len(cells[unit[-1] - 1]) + 8) < 6000, "and ends at the row that reached it"
+
+
+def _same_rows_as_csv_and_parquet(tmp_path: Path, columns: dict[str, list[str]]) -> tuple[Path, Path]:
+    """The same cells as a CSV file and as a Parquet file of dictionary-encoded string columns (as
+    pandas categoricals are written) in several row groups."""
+    import csv
+
+    names = list(columns)
+    count = len(columns[names[0]])
+    csv_path, parquet_path = tmp_path / "rows.csv", tmp_path / "rows.parquet"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        writer.writerows([columns[n][i] for n in names] for i in range(count))
+    table = pa.table({n: pa.array(v, pa.string()).dictionary_encode() for n, v in columns.items()})
+    pq.write_table(table, parquet_path, row_group_size=1100)
+    return csv_path, parquet_path
+
+
+@pytest.mark.parametrize("record_type", ["customer_record", "purchase"])
+def test_dictionary_encoded_parquet_converts_as_csv_does(tmp_path: Path, record_type: str) -> None:
+    """Chunks and rejects of dictionary-encoded Parquet columns are those of the same cells read
+    from CSV: empty cells absent, emails trimmed and lower-cased, the same reasons and lines."""
+    from bulkd.chunk import ChunkLimits
+    from bulkd.pipeline import ConvertSettings, convert_file
+    from bulkd.read import ReadOptions
+
+    rng = random.Random(5)
+    rows = 2600
+    emails = ["a@x.co", " B@X.Co ", "c@x.co", "not-an-email", "", 'q"uote@x.co', "é@x.co"]
+    pick = lambda options: [rng.choice(options) for _ in range(rows)]  # noqa: E731
+    if record_type == "customer_record":
+        columns = {
+            "link.email": pick(emails),
+            "first_name": [f"N{i}" for i in range(rows)],
+            "gender": pick(["female", "male", "", "Other"]),
+            "date_of_birth": pick(["1990-02-28", "1990-02-30", "", "1975-12-01"]),
+            "employee_flag": pick(["true", "FALSE", "maybe", "", "1"]),
+            "custom_fields.loyalty_tier": pick(["gold", "silver", ""]),
+        }
+    else:
+        ids = [f"P{rng.randint(0, 1300):04d}" for _ in range(rows)]
+        columns = {
+            "purchase_id": ids,
+            "link.email": pick(["a@x.co", " B@X.Co "] * 60 + emails),
+            "action_at": pick(["2024-05-01", "2024-05-01T10:00:00"] * 60 + ["2024-13-01"]),
+            "type": pick(["physical", "online"]),
+            "products.product_reference.id": pick(["sku1", "sku2", "sku3"]),
+            "products.product_reference.id_type": pick(["sku"]),
+            "products.price_paid": pick(["1.50", "2"] * 60 + ["x"]),
+            "products.quantity": pick(["1", "2", ""] * 40 + ["many"]),
+        }
+    csv_path, parquet_path = _same_rows_as_csv_and_parquet(tmp_path, columns)
+    outputs = []
+    for path in (csv_path, parquet_path):
+        settings = ConvertSettings(
+            record_type=load_record_type(record_type),
+            dataset_id="ds1",
+            timestamp="1700000000",
+            read=ReadOptions(batch_rows=500),
+            limits=ChunkLimits(),
+            work_rows=700,
+        )
+        out = tmp_path / path.suffix.lstrip(".")
+        out.mkdir()
+        result = convert_file(path, out, settings)
+        assert result.ok, result.error
+        assert result.rows == rows == result.rows_delivered + result.rejected
+        text = b"".join(gzip.decompress(chunk.path.read_bytes()) for chunk in result.chunks)
+        rejects = [
+            orjson.loads(line)
+            for line in (result.rejects_path.read_bytes().splitlines() if result.rejects_path else [])
+        ]
+        outputs.append((text, rejects))
+    (csv_text, csv_rejects), (parquet_text, parquet_rejects) = outputs
+    assert parquet_text == csv_text
+    assert len(csv_text.splitlines()) > 50  # both kinds of row
+    assert len(csv_rejects) > 50
+
+    # CSV lines count the header; Parquet lines are row numbers
+    def shift(message: str) -> str:
+        return re.sub(r"\(line (\d+)\)", lambda m: f"(line {int(m.group(1)) - 1})", message)
+
+    shifted = [{**r, "input": "", "line": r["line"] - 1, "message": shift(r["message"])} for r in csv_rejects]
+    assert [{**r, "input": ""} for r in parquet_rejects] == shifted

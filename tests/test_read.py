@@ -526,6 +526,38 @@ def test_parquet_nested_columns_and_row_groups(tmp_path: Path) -> None:
         assert first.data.schema.field("tags").type == pa.list_(pa.string())
 
 
+def test_parquet_dictionary_columns_are_read_as_plain_values(tmp_path: Path) -> None:
+    # as pandas categoricals and Arrow dictionaries are written: they read back encoded
+    states = pa.array(["VIC", "", None, "NSW"] * 50).dictionary_encode()
+    table = pa.table(
+        {
+            "state": states,
+            "tier": pa.DictionaryArray.from_arrays(pa.array([0, 1] * 100, pa.int8()), pa.array(["gold", ""])),
+        }
+    )
+    path = tmp_path / "categorical.parquet"
+    pq.write_table(table, path, row_group_size=64)
+    assert pa.types.is_dictionary(pq.read_table(path).schema.field("state").type)
+    result = read_all(path, batch_rows=50)
+    assert result.rows == table.to_pylist()
+    with open_source(path, ReadOptions(batch_rows=50)) as source:
+        for batch in source.batches():
+            assert batch.data.schema.types == [pa.string(), pa.string()]
+
+
+def test_dictionaries_inside_structs_and_lists_are_decoded_too() -> None:
+    # pyarrow reads these from Parquet only within one chunk, so they are built here
+    from bulkd.read._parquet import _plain
+
+    states = pa.array(["VIC", None, "NSW"]).dictionary_encode()
+    tags = pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), states)
+    address = pa.StructArray.from_arrays([tags.flatten()], names=["state"])
+    batch = _plain(pa.record_batch([tags, address], names=["tags", "address"]))
+    assert batch.schema.types == [pa.list_(pa.string()), pa.struct([("state", pa.string())])]
+    assert batch.column(0).to_pylist() == [["VIC"], [None, "NSW"], []]
+    assert batch.column(1).to_pylist() == [{"state": "VIC"}, {"state": None}, {"state": "NSW"}]
+
+
 def test_parquet_with_too_many_columns_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table({f"c{i}": [i] for i in range(5)}), path)
