@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib.metadata
 import json
 import os
@@ -174,25 +173,51 @@ interpreter (``-I -S``, a few MB), so the tool's ``ru_maxrss`` is its own.
 """
 
 
-def measure(cmd: list[str], timeout: float, repeat: int = 1, fresh: Path | None = None) -> Measurement:
-    """Run ``cmd`` ``repeat`` times in a row (emptying ``fresh`` before each) and keep the run with
-    the median wall time, with that run's CPU and output; the peak RSS is the highest of all runs.
+@dataclass(slots=True)
+class Planned:
+    """One tool's run on one input, measured ``repeat`` times: its command, the directory emptied
+    before each run, and how a measurement becomes the table's row."""
 
-    One run on a shared machine can land on a busy second; the median of a few is steadier and
-    never flatters a tool's memory. A failed run ends the series and is what is returned.
-    """
-    runs: list[Measurement] = []
-    for _ in range(max(1, repeat)):
-        if fresh is not None:
-            _fresh(fresh)
-        m = _measure_once(cmd, timeout)
+    cmd: list[str]
+    fresh: Path
+    finish: Callable[[Measurement], Result]
+    runs: list[Measurement] = field(default_factory=list)
+    failed: Measurement | None = None
+
+    def run_once(self, timeout: float) -> None:
+        if self.failed is not None:
+            return  # a failed run ends the series
+        _fresh(self.fresh)
+        m = _measure_once(self.cmd, timeout)
         if m.returncode != 0:
-            return m
-        runs.append(m)
-    runs.sort(key=lambda m: m.wall)
-    kept = runs[len(runs) // 2]
-    kept.peak_rss = max(m.peak_rss for m in runs)
-    return kept
+            self.failed = m
+        else:
+            self.runs.append(m)
+
+    def result(self) -> Result:
+        """The row from the run with the median wall time (its CPU and output); the peak RSS is
+        the highest of all runs, so a tool's memory is never flattered."""
+        if self.failed is not None:
+            return self.finish(self.failed)
+        runs = sorted(self.runs, key=lambda m: m.wall)
+        kept = runs[len(runs) // 2]
+        kept.peak_rss = max(m.peak_rss for m in runs)
+        return self.finish(kept)
+
+
+def measure_rounds(steps: list[Planned], timeout: float, repeat: int) -> list[Result]:
+    """Run every step ``repeat`` times in rounds, each round every step once, and odd rounds in
+    reverse order; the results come back in the steps' order.
+
+    The shared machine's speed drifts over minutes. Runs of one tool back to back would put that
+    drift between tools, and into the very ratios the targets are stated in (the Parquet run came
+    minutes after the CSV run it is compared with); in alternating rounds it falls on every tool
+    alike. One run can also land on a busy second: the median of a few is steadier.
+    """
+    for r in range(max(1, repeat)):
+        for step in steps if r % 2 == 0 else steps[::-1]:
+            step.run_once(timeout)
+    return [step.result() for step in steps]
 
 
 def _measure_once(cmd: list[str], timeout: float) -> Measurement:
@@ -383,7 +408,7 @@ class Job:
         )
 
 
-def run_bulkd(job: Job) -> Result:
+def plan_bulkd(job: Job) -> Planned:
     """``python -m bulkd convert SRC --record-type T --dataset-id bench --out DIR --json``."""
     out = job.out_root / "bulkd"
     cmd = [
@@ -391,18 +416,21 @@ def run_bulkd(job: Job) -> Result:
         "--record-type", job.inp.workload.record_type, "--dataset-id", "bench", "--out", str(out), "--json",
         *job.args.bulkd_arg,
     ]  # fmt: skip
-    res = job.result("bulkd", validates=True)
-    m = measure(cmd, job.args.timeout, job.args.repeat, fresh=out)
-    if m.returncode != 0:
-        res.status = f"unavailable ({_reason(m)})"
+
+    def finish(m: Measurement) -> Result:
+        res = job.result("bulkd", validates=True)
+        if m.returncode != 0:
+            res.status = f"unavailable ({_reason(m)})"
+            return res
+        res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
+        res.extra["report"] = _last_json(m.stdout)
+        _fill_check(res, out, job.ds.workload.record_type, job.ds.records_valid)
         return res
-    res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
-    res.extra["report"] = _last_json(m.stdout)
-    _fill_check(res, out, job.ds.workload.record_type, job.ds.records_valid)
-    return res
+
+    return Planned(cmd, out, finish)
 
 
-def run_peer(peer: str, job: Job) -> Result:
+def plan_peer(peer: str, job: Job) -> Planned:
     """One peer in its own process; the Lexer re-creation runs on a sample and is scaled.
 
     Scaling keeps start-up (interpreter, imports) out of the multiplication: wall = start-up +
@@ -414,27 +442,30 @@ def run_peer(peer: str, job: Job) -> Result:
     cmd = [sys.executable, "-m", "benchmarks.peers", peer, job.inp.workload.name, str(job.src), str(out)]
     if sample is not None:
         cmd += ["--max-rows", str(sample)]
-    res = job.result(peer, validates=VALIDATES[peer])
-    m = measure(cmd, args.timeout, args.repeat, fresh=out)
-    if m.returncode != 0:
-        res.status = f"failed ({_reason(m)})"
+
+    def finish(m: Measurement) -> Result:
+        res = job.result(peer, validates=VALIDATES[peer])
+        if m.returncode != 0:
+            res.status = f"failed ({_reason(m)})"
+            return res
+        report = _last_json(m.stdout)
+        res.extra["report"] = report
+        res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
+        expected = ds.records_valid
+        if sample is not None:
+            scale = ds.rows / sample
+            own = min(float(report.get("seconds", m.wall)), m.wall)
+            startup = m.wall - own
+            res.sampled_rows = sample
+            res.wall = startup + own * scale
+            res.cpu = min(startup, m.cpu) + max(m.cpu - startup, 0.0) * scale
+            expected = datagen.valid_records_in_first_rows(ds.workload, sample, args.seed)
+        _fill_check(res, out, ds.workload.record_type, expected)
+        if sample is not None:
+            res.out_bytes = round(res.out_bytes * ds.rows / sample)
         return res
-    report = _last_json(m.stdout)
-    res.extra["report"] = report
-    res.wall, res.cpu, res.peak_rss = m.wall, m.cpu, m.peak_rss
-    expected = ds.records_valid
-    if sample is not None:
-        scale = ds.rows / sample
-        own = min(float(report.get("seconds", m.wall)), m.wall)
-        startup = m.wall - own
-        res.sampled_rows = sample
-        res.wall = startup + own * scale
-        res.cpu = min(startup, m.cpu) + max(m.cpu - startup, 0.0) * scale
-        expected = datagen.valid_records_in_first_rows(ds.workload, sample, args.seed)
-    _fill_check(res, out, ds.workload.record_type, expected)
-    if sample is not None:
-        res.out_bytes = round(res.out_bytes * ds.rows / sample)
-    return res
+
+    return Planned(cmd, out, finish)
 
 
 def _fill_check(res: Result, out: Path, record_type: str, expected: int) -> None:
@@ -445,32 +476,30 @@ def _fill_check(res: Result, out: Path, record_type: str, expected: int) -> None
     res.extra["output_check"] = asdict(c)
 
 
-def run_limit(job: Job) -> Result:
-    """Arrow parse of the input + ISA-L gzip (bulkd's default level) of the expected NDJSON, one core."""
+def plan_limit(job: Job) -> Planned:
+    """Arrow parse of the input + bulkd's deflate (its default level) of the expected NDJSON, one core."""
+    out = job.out_root / "limit"
     cmd = [
         sys.executable, "-m", "benchmarks.peers", "limit", job.inp.workload.name, str(job.src),
-        str(job.out_root / "limit"), "--ref", str(job.ds.ref_ndjson),
-        "--gzip-level", str(job.args.gzip_level),
+        str(out), "--ref", str(job.ds.ref_ndjson), "--gzip-level", str(job.args.gzip_level),
     ]  # fmt: skip
-    res = job.result("limit", validates=False)
-    m = measure(cmd, job.args.timeout, job.args.repeat, fresh=job.out_root / "limit")
-    if m.returncode != 0:
-        res.status = f"failed ({_reason(m)})"
+
+    def finish(m: Measurement) -> Result:
+        res = job.result("limit", validates=False)
+        if m.returncode != 0:
+            res.status = f"failed ({_reason(m)})"
+            return res
+        report = _last_json(m.stdout)
+        res.wall = float(report["seconds"])
+        res.cpu = res.wall
+        res.peak_rss = m.peak_rss
+        res.out_bytes = int(report["gzip_bytes"])
+        res.records_out = job.ds.records_valid
+        res.check = f"parse {report['parse_seconds']:.2f}s + gzip {report['gzip_seconds']:.2f}s"
+        res.extra["report"] = report
         return res
-    report = _last_json(m.stdout)
-    res.wall = float(report["seconds"])
-    res.cpu = res.wall
-    res.peak_rss = m.peak_rss
-    res.out_bytes = int(report["gzip_bytes"])
-    res.records_out = job.ds.records_valid
-    res.check = f"parse {report['parse_seconds']:.2f}s + gzip {report['gzip_seconds']:.2f}s"
-    res.extra["report"] = report
-    return res
 
-
-# ---------------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------------
+    return Planned(cmd, out, finish)
 
 
 def _ratio(a: Result | None, b: Result) -> str:
@@ -689,7 +718,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=1,
-        help="runs of each tool; the median wall time is kept, with the highest peak RSS (default 1)",
+        help="rounds, each running every tool once; median wall kept, highest peak RSS (default 1)",
     )
     p.add_argument("--skip-upload", action="store_true", help="skip the upload benchmark")
     p.add_argument("--json", type=Path, dest="json_out", help="also write every figure to this JSON file")
@@ -705,9 +734,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_inputs(args: argparse.Namespace) -> tuple[list[Result], dict[str, datagen.DataSet]]:
-    """Every selected input: make (or reuse) the file, then bulkd, the peers and the limit on it."""
-    results: list[Result] = []
+    """Every selected input: make (or reuse) the file; then bulkd, the peers and the limit on all
+    of them, in rounds (:func:`measure_rounds`). bulkd's runs on the inputs come first in a round,
+    side by side, as Parquet ÷ CSV compares two of them."""
     datasets: dict[str, datagen.DataSet] = {}
+    jobs: list[Job] = []
     for key in args.input_list:
         inp = INPUTS[key]
         t0 = time.perf_counter()
@@ -720,17 +751,17 @@ def run_inputs(args: argparse.Namespace) -> tuple[list[Result], dict[str, datage
             f"{ds.records_valid:,} valid records (data ready in {time.perf_counter() - t0:.1f} s)",
             flush=True,
         )
-        job = Job(inp, src, ds, args.data_dir / "out" / key, args)
-        steps: list[tuple[str, Callable[[Job], Result]]] = [("bulkd", run_bulkd)]
-        steps += [(p, functools.partial(run_peer, p)) for p in inp.peers if p in args.peer_list]
-        steps.append(("limit", run_limit))
-        for name, step in steps:
-            r = step(job)
-            results.append(r)
-            figure = (
-                f"{r.rows_per_s:,.0f} rows/s, {r.peak_rss / 2**20:.0f} MB" if r.status == "ok" else r.status
-            )
-            print(f"  {name:<7} {figure}", flush=True)
+        jobs.append(Job(inp, src, ds, args.data_dir / "out" / key, args))
+    steps = [plan_bulkd(job) for job in jobs]
+    for job in jobs:
+        steps += [plan_peer(p, job) for p in job.inp.peers if p in args.peer_list]
+        steps.append(plan_limit(job))
+    print(f"{len(steps)} runs a round, {max(1, args.repeat)} round(s)", flush=True)
+    results = measure_rounds(steps, args.timeout, args.repeat)
+    for r in results:
+        figure = f"{r.rows_per_s:,.0f} rows/s, {r.peak_rss / 2**20:.0f} MB" if r.status == "ok" else r.status
+        print(f"  {r.input:<16} {r.tool:<7} {figure}", flush=True)
+    for job in jobs:
         shutil.rmtree(job.out_root, ignore_errors=True)
     return results, datasets
 
@@ -742,7 +773,7 @@ def run_flat_rss(args: argparse.Namespace, results: list[Result]) -> tuple[int, 
         return None
     ds = datagen.ensure(datagen.CUSTOMER, args.rss_rows, args.data_dir, args.seed)
     job = Job(INPUTS["customer_csv"], ds.csv, ds, args.data_dir / "out" / "rss", args)
-    big = run_bulkd(job)
+    (big,) = measure_rounds([plan_bulkd(job)], args.timeout, args.repeat)
     shutil.rmtree(job.out_root, ignore_errors=True)
     if big.status != "ok":
         return None
