@@ -156,15 +156,19 @@ _TYPE = pa.struct(
 )
 
 
-def _dictionary_encoded(arr: pa.Array) -> pa.Array:
-    """``arr`` with its string columns (at any depth in structs) dictionary-encoded."""
+def _with_members(arr: pa.Array, member: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``arr`` with ``member`` applied to every member that is not a struct, at any depth."""
     if pa.types.is_struct(arr.type):
-        children = [_dictionary_encoded(arr.field(i)) for i in range(arr.type.num_fields)]
+        children = [_with_members(arr.field(i), member) for i in range(arr.type.num_fields)]
         mask = arr.is_null() if arr.null_count else None
         return pa.StructArray.from_arrays(children, names=[f.name for f in arr.type], mask=mask)
-    if pa.types.is_string(arr.type):
-        return pc.dictionary_encode(arr)  # int32 indices, nulls in the indices only
-    return arr
+    return member(arr)
+
+
+def _dictionary_encoded(arr: pa.Array) -> pa.Array:
+    """``arr`` with its string columns (at any depth in structs) dictionary-encoded."""
+    # int32 indices, nulls in the indices only
+    return _with_members(arr, lambda a: pc.dictionary_encode(a) if pa.types.is_string(a.type) else a)
 
 
 @needs_native
@@ -275,13 +279,7 @@ _NEEDS_ESCAPES = ["", 'q"uo\\te', "\x01\n\t\x1f", "é😀\u2028", "plain", "x" *
 
 def _decoded(arr: pa.Array) -> pa.Array:
     """``arr`` with every dictionary (at any depth in structs) replaced by its values."""
-    if pa.types.is_struct(arr.type):
-        children = [_decoded(arr.field(i)) for i in range(arr.type.num_fields)]
-        mask = arr.is_null() if arr.null_count else None
-        return pa.StructArray.from_arrays(children, names=[f.name for f in arr.type], mask=mask)
-    if pa.types.is_dictionary(arr.type):
-        return arr.dictionary.take(arr.indices)
-    return arr
+    return _with_members(arr, lambda a: a.dictionary.take(a.indices) if pa.types.is_dictionary(a.type) else a)
 
 
 def _encoded_bytes(encoder: Encoder, records: pa.StructArray, keep: np.ndarray | None = None) -> bytes:
