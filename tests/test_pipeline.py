@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import random
@@ -17,7 +18,8 @@ import pytest
 from jsonschema import Draft7Validator
 
 import bulkd.pipeline
-from bulkd.pipeline import FileResult
+from bulkd.pipeline import ConvertSettings, FileResult, convert_file
+from bulkd.read import ReadOptions
 from bulkd.schemas import load_record_type, resolve_ref
 
 Convert = Callable[..., FileResult]
@@ -329,8 +331,6 @@ def test_units_end_at_the_row_count_or_byte_bound_whatever_the_batches() -> None
 def _same_rows_as_csv_and_parquet(tmp_path: Path, columns: dict[str, list[str]]) -> tuple[Path, Path]:
     """The same cells as a CSV file and as a Parquet file of dictionary-encoded string columns (as
     pandas categoricals are written) in several row groups."""
-    import csv
-
     names = list(columns)
     count = len(columns[names[0]])
     csv_path, parquet_path = tmp_path / "rows.csv", tmp_path / "rows.parquet"
@@ -344,13 +344,11 @@ def _same_rows_as_csv_and_parquet(tmp_path: Path, columns: dict[str, list[str]])
 
 
 @pytest.mark.parametrize("record_type", ["customer_record", "purchase"])
-def test_dictionary_encoded_parquet_converts_as_csv_does(tmp_path: Path, record_type: str) -> None:
+def test_dictionary_encoded_parquet_converts_as_csv_does(
+    tmp_path: Path, record_type: str, reject_lines: Callable[[FileResult], list[dict[str, Any]]]
+) -> None:
     """Chunks and rejects of dictionary-encoded Parquet columns are those of the same cells read
     from CSV: empty cells absent, emails trimmed and lower-cased, the same reasons and lines."""
-    from bulkd.chunk import ChunkLimits
-    from bulkd.pipeline import ConvertSettings, convert_file
-    from bulkd.read import ReadOptions
-
     rng = random.Random(5)
     rows = 2600
     emails = ["a@x.co", " B@X.Co ", "c@x.co", "not-an-email", "", 'q"uote@x.co', "é@x.co"]
@@ -379,12 +377,11 @@ def test_dictionary_encoded_parquet_converts_as_csv_does(tmp_path: Path, record_
     csv_path, parquet_path = _same_rows_as_csv_and_parquet(tmp_path, columns)
     outputs = []
     for path in (csv_path, parquet_path):
-        settings = ConvertSettings(
+        settings = ConvertSettings(  # units of 700 rows span the reader's batches of 500
             record_type=load_record_type(record_type),
             dataset_id="ds1",
             timestamp="1700000000",
             read=ReadOptions(batch_rows=500),
-            limits=ChunkLimits(),
             work_rows=700,
         )
         out = tmp_path / path.suffix.lstrip(".")
@@ -393,11 +390,7 @@ def test_dictionary_encoded_parquet_converts_as_csv_does(tmp_path: Path, record_
         assert result.ok, result.error
         assert result.rows == rows == result.rows_delivered + result.rejected
         text = b"".join(gzip.decompress(chunk.path.read_bytes()) for chunk in result.chunks)
-        rejects = [
-            orjson.loads(line)
-            for line in (result.rejects_path.read_bytes().splitlines() if result.rejects_path else [])
-        ]
-        outputs.append((text, rejects))
+        outputs.append((text, reject_lines(result)))
     (csv_text, csv_rejects), (parquet_text, parquet_rejects) = outputs
     assert parquet_text == csv_text
     assert len(csv_text.splitlines()) > 50  # both kinds of row
