@@ -128,6 +128,48 @@ def test_a_library_conversion_chooses_the_system_pool(tmp_path: Path) -> None:
     assert _python(code, tmp_path) == "1 system"
 
 
+_MAPPED_BLOCKS = """
+    import ctypes
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        print("no mallinfo2")
+        raise SystemExit
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free(libc.malloc(8 << 20))  # glibc's own threshold now rises to 8 MiB
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(2 << 20)
+    print(libc.mallinfo2().hblks - before)  # 1: the 2 MiB block got a mapping of its own
+    libc.free(block)
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "env", "mapped"),
+    [
+        pytest.param(_HIDE, {}, "1", id="bulkd process"),
+        pytest.param("", {}, "0", id="plain interpreter"),
+        pytest.param(
+            _HIDE, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=16777216"}, "0", id="user's threshold"
+        ),
+    ],
+)
+def test_large_blocks_are_mapped_whatever_was_freed_before(
+    tmp_path: Path, entry: str, env: dict[str, str], mapped: str
+) -> None:
+    """A bulkd process keeps glibc's mapping threshold at 1 MiB, so large blocks never come from
+    the heap, whose free holes stay resident; a threshold the user set is left alone."""
+    got = _python(entry + _MAPPED_BLOCKS, tmp_path, **env)
+    if got == "no mallinfo2":
+        pytest.skip("needs glibc's mallinfo2 (glibc 2.33 or later)")
+    assert got == mapped
+
+
 def test_the_console_entry_runs_the_cli(tmp_path: Path) -> None:
     code = """
     import sys
