@@ -32,6 +32,7 @@ __all__ = [
     "to_number",
     "to_string",
     "to_string_list",
+    "without_dictionaries",
 ]
 
 _TRUE = ["true", "1", "yes"]
@@ -89,6 +90,25 @@ def empty_to_null(arr: pa.Array) -> pa.Array:
     mask = pa.py_buffer(np.packbits(bits, bitorder="little"))
     nulls = n - int(np.count_nonzero(keep))
     return pa.Array.from_buffers(arr.type, n, [mask, offsets, data], null_count=nulls, offset=start)
+
+
+@lru_cache(maxsize=64)
+def without_dictionaries(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with every dictionary type, at any depth, replaced by its value type.
+
+    bulkd works on plain values: the Parquet reader casts dictionary columns (pandas categoricals)
+    to this, and the encoders cast their input to it, so an absent value is always a null row
+    (a dictionary's own validity misses nulls among its values). Cached: a conversion sees one
+    record type per unit.
+    """
+    if pa.types.is_dictionary(kind):
+        return without_dictionaries(kind.value_type)
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(without_dictionaries(field.type)) for field in kind])
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        item = kind.value_field.with_type(without_dictionaries(kind.value_type))
+        return pa.list_(item) if pa.types.is_list(kind) else pa.large_list(item)
+    return kind
 
 
 def _as_text(arr: pa.Array) -> pa.Array:

@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bulkd.coerce import DateTimeStyle, to_date, to_datetime
+from bulkd.coerce import DateTimeStyle, to_date, to_datetime, without_dictionaries
 
 try:
     from bulkd import _jsonl
@@ -84,14 +84,21 @@ def native_ndjson(records: pa.StructArray, keep: np.ndarray | None = None) -> En
     """:func:`encode_ndjson` by the C extension (which must be built); the GIL is released while it writes."""
     assert NATIVE, "bulkd._jsonl was not built"
     flags = None if keep is None else np.ascontiguousarray(keep, dtype=np.bool_)
-    owner, address, size, offsets, count = _jsonl.encode(_node(records), len(records), flags)
+    owner, address, size, offsets, count = _jsonl.encode(_node(_plain(records)), len(records), flags)
     data = pa.foreign_buffer(address, size, base=owner)
     return EncodedRows(data=data, offsets=np.frombuffer(offsets, dtype=np.int64), count=count)
 
 
 def arrow_ndjson(records: pa.StructArray) -> EncodedRows:
     """:func:`encode_ndjson` by Arrow kernels: the newline rides in the objects' own join."""
-    return _lines(_encode_struct(records, close="}\n"))
+    return _lines(_encode_struct(_plain(records), close="}\n"))
+
+
+def _plain(records: pa.StructArray) -> pa.StructArray:
+    """Dictionary-encoded members decoded: both encoders write plain values (and a dictionary's
+    null values are nulls of its rows only once decoded)."""
+    plain = without_dictionaries(records.type)
+    return records if plain == records.type else records.cast(plain)
 
 
 _STRUCT, _STRING, _RAW, _BOOL, _INT64 = range(5)
@@ -111,8 +118,6 @@ def _node(arr: pa.Array) -> Node:
         return (_STRING, validity, arr.offset, offsets, data)
     if pa.types.is_large_string(kind):
         return _node(arr.cast(pa.string()))
-    if pa.types.is_dictionary(kind):
-        return _node(_decoded(arr))
     if pa.types.is_boolean(kind):
         return (_BOOL, validity, arr.offset, arr.buffers()[1])
     if pa.types.is_int64(kind):
@@ -124,18 +129,6 @@ def _node(arr: pa.Array) -> Node:
         text = text.cast(pa.string())
     text_validity, offsets, data = text.buffers()
     return (_RAW, text_validity if text.null_count else None, text.offset, offsets, data)
-
-
-def _decoded(arr: pa.Array) -> pa.Array:
-    """``arr`` with any dictionary encoding undone: null where the index or its value is."""
-    if pa.types.is_dictionary(arr.type):
-        return arr.dictionary.take(arr.indices)
-    return arr
-
-
-def _fields(arr: pa.StructArray) -> list[pa.Array]:
-    """The struct's member arrays, decoded: a dictionary's nulls are not all in its validity."""
-    return [_decoded(arr.field(i)) for i in range(arr.type.num_fields)]
 
 
 def to_ndjson(rows: pa.StringArray) -> EncodedRows:
@@ -157,7 +150,6 @@ def _lines(lines: pa.Array) -> EncodedRows:
 
 
 def _encode(arr: pa.Array) -> pa.Array:
-    arr = _decoded(arr)
     t = arr.type
     if pa.types.is_struct(t):
         return _encode_struct(arr)
@@ -186,8 +178,6 @@ Parts = list[pa.Array | str]
 def _member(key: str, value: pa.Array) -> Parts:
     """Join arguments that write ``,"key":value``, all null where the value is absent.
 
-    ``value`` is never dictionary-encoded (see :func:`_fields`): its validity must be the values'.
-
     A value with no nulls needs no fragment of its own: its key goes into the object's join as
     a constant, and so do the braces and keys of a nested object (inlined), which saves a pass
     over the bytes each.
@@ -213,12 +203,9 @@ def _object_parts(arr: pa.StructArray) -> Parts | None:
     """
     if arr.null_count or arr.type.num_fields == 0 or arr.field(0).null_count:
         return None
-    children = _fields(arr)
-    if children[0].null_count:  # a dictionary's null values
-        return None
     parts: Parts = []
-    for field, child in zip(arr.type, children, strict=True):
-        parts.extend(_member(field.name, child))
+    for i, field in enumerate(arr.type):
+        parts.extend(_member(field.name, arr.field(i)))
     first = parts[0]
     assert isinstance(first, str)  # a member without nulls starts with its constant key
     parts[0] = "{" + first[1:]
@@ -251,7 +238,7 @@ def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
     if inline is not None:
         return _join_present(_merged([*inline, close]))
     n = len(arr)
-    children = _fields(arr)
+    children = [arr.field(i) for i in range(arr.type.num_fields)]
     empty = "{" + close
     if not children:
         text = pa.repeat(pa.scalar(empty), n)

@@ -245,3 +245,17 @@ def test_email_fast_path_agrees_with_trim_and_lower(cells: list[str | None], dat
     got = coerce.to_email(arr)
     assert got.values.to_pylist() == expected.to_pylist()
     assert not any(got.bad.to_pylist())
+
+
+def test_without_dictionaries_decodes_inside_structs_and_lists() -> None:
+    # pyarrow reads these from Parquet only within one chunk, so they are built here
+    states = pa.array(["VIC", None, "NSW"]).dictionary_encode()
+    tags = pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), states)
+    address = pa.StructArray.from_arrays([tags.flatten()], names=["state"])
+    batch = pa.record_batch([tags, address, pa.array([1, 2, 3])], names=["tags", "address", "n"])
+    plain = pa.schema([f.with_type(coerce.without_dictionaries(f.type)) for f in batch.schema])
+    assert plain.types == [pa.list_(pa.string()), pa.struct([("state", pa.string())]), pa.int64()]
+    decoded = batch.cast(plain)
+    assert decoded.column(0).to_pylist() == [["VIC"], [None, "NSW"], []]
+    assert decoded.column(1).to_pylist() == [{"state": "VIC"}, {"state": None}, {"state": "NSW"}]
+    assert coerce.without_dictionaries(pa.large_list(pa.int8())) == pa.large_list(pa.int8())

@@ -545,19 +545,6 @@ def test_parquet_dictionary_columns_are_read_as_plain_values(tmp_path: Path) -> 
             assert batch.data.schema.types == [pa.string(), pa.string()]
 
 
-def test_dictionaries_inside_structs_and_lists_are_decoded_too() -> None:
-    # pyarrow reads these from Parquet only within one chunk, so they are built here
-    from bulkd.read._parquet import _plain
-
-    states = pa.array(["VIC", None, "NSW"]).dictionary_encode()
-    tags = pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), states)
-    address = pa.StructArray.from_arrays([tags.flatten()], names=["state"])
-    batch = _plain(pa.record_batch([tags, address], names=["tags", "address"]))
-    assert batch.schema.types == [pa.list_(pa.string()), pa.struct([("state", pa.string())])]
-    assert batch.column(0).to_pylist() == [["VIC"], [None, "NSW"], []]
-    assert batch.column(1).to_pylist() == [{"state": "VIC"}, {"state": None}, {"state": "NSW"}]
-
-
 def test_parquet_with_too_many_columns_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "wide.parquet"
     pq.write_table(pa.table({f"c{i}": [i] for i in range(5)}), path)
