@@ -299,6 +299,7 @@ class RecordChecker:
     def __init__(self, record_type: RecordType) -> None:
         self.fast = FastChecker(record_type)
         self.compiled = compile_validator(record_type)
+        self._forms: dict[bytes, tuple[tuple[_Form, ...], str]] = {}
 
     def verdict(
         self, input_name: str, records: pa.Array, lines: pa.Int64Array, skip: pa.BooleanArray | None = None
@@ -348,28 +349,52 @@ class RecordChecker:
         fastjsonschema only says "cannot be validated by any definition", which tells a user
         nothing about Lexer's seven ``link`` forms.
         """
-        root = self.fast.root
-        variants = [resolve_ref(root, v) for v in definition.get("anyOf", [])]
+        name = field or "record"
+        forms, listing = self._forms_of(definition)
         if isinstance(value, dict):
-            for variant in variants:
-                required = variant.get("required", [])
-                if required and all(k in value for k in required):
-                    check = _variant_validator(root, variant)
+            for form in forms:
+                if form.required and all(k in value for k in form.required):
                     try:
-                        check(value)
+                        form.check(value)
                     except SchemaViolation as inner:
                         _, _, why = violation_reason(inner)
-                        return f"{field or 'record'} looks like {{{', '.join(required)}}} but {why}"
-        forms = " | ".join(" + ".join(v.get("required", [])) or "{}" for v in variants)
-        return f"{field or 'record'} matches none of the accepted forms: {forms}"
+                        if why.startswith("record "):  # the variant's own root is this field
+                            why = f"{name} {why.removeprefix('record ')}"
+                        return f"{name} looks like {{{', '.join(form.required)}}} but {why}"
+        return f"{name} matches none of the accepted forms: {listing}"
+
+    def _forms_of(self, definition: dict[str, Any]) -> tuple[tuple[_Form, ...], str]:
+        """The ``anyOf``'s forms, worked out once per checker and ``anyOf``.
+
+        Keyed by content: ``exc.definition`` is a fresh copy on every raise, so an ``id()`` key
+        would miss every time (and could hit a recycled id). The ``anyOf`` list alone is a small
+        key; a file full of bad links asks for it on every row.
+        """
+        variants = definition.get("anyOf", [])
+        key = orjson.dumps(variants, option=orjson.OPT_SORT_KEYS)
+        known = self._forms.get(key)
+        if known is None:
+            root = self.fast.root
+            resolved = [resolve_ref(root, v) for v in variants]
+            forms = tuple(_Form(tuple(v.get("required", [])), _variant_validator(root, v)) for v in resolved)
+            listing = " | ".join(" + ".join(f.required) or "{}" for f in forms)
+            known = self._forms[key] = (forms, listing)
+        return known
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """One ``anyOf`` variant: the keys that identify it, and its own compiled validator."""
+
+    required: tuple[str, ...]
+    check: RecordValidator
 
 
 _VARIANTS: dict[bytes, RecordValidator] = {}
 
 
 def _variant_validator(root: dict[str, Any], variant: dict[str, Any]) -> RecordValidator:
-    # Keyed by content: ``exc.definition`` is a fresh copy on every raise, so an ``id()`` key
-    # missed every time (a compile per doubtful row) and could even hit a recycled id.
+    """Compiled once per process for each distinct variant (compiling costs milliseconds)."""
     key = orjson.dumps([variant, root.get("definitions", {})], option=orjson.OPT_SORT_KEYS)
     if key not in _VARIANTS:
         schema = {**variant, "definitions": root.get("definitions", {})}

@@ -238,3 +238,29 @@ def test_compiled_validator_refuses_non_ascii_digits_in_dates(value: str) -> Non
     validate = compile_validator(load_record_type("customer_record"))
     with pytest.raises(SchemaViolation):
         validate({"link": {"customer_id": "1"}, "date_of_birth": value})
+
+
+def test_a_refused_link_is_explained_by_the_form_it_looks_like() -> None:
+    checker = RecordChecker(load_record_type("customer_record"))
+    pattern_miss = checker.explain({"link": {"email": "not an email"}})
+    assert pattern_miss is not None
+    assert pattern_miss[:2] == ("link", "anyOf")
+    assert pattern_miss[2].startswith("link looks like {email} but email must match pattern")
+    assert "not an email" not in pattern_miss[2]
+    extra_key = checker.explain({"link": {"email": "a@b.co", "colour": "red"}})
+    assert extra_key is not None
+    assert extra_key[2] == "link looks like {email} but link must not contain {'colour'} properties"
+
+
+def test_a_link_of_no_known_form_lists_the_accepted_forms() -> None:
+    checker = RecordChecker(load_record_type("customer_record"))
+    for _ in range(2):  # the second ask is answered from the checker's cache of forms
+        reason = checker.explain({"link": {"phone": "+61 400 000 000"}})
+        assert reason is not None
+        field, rule, message = reason
+        assert (field, rule) == ("link", "anyOf")
+        assert message.startswith("link matches none of the accepted forms: ")
+        forms = message.split(": ", 1)[1].split(" | ")
+        assert "email" in forms
+        assert "customer_id" in forms
+        assert len(forms) == 7
