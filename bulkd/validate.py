@@ -26,6 +26,7 @@ from bulkd.encode import encode_ndjson
 from bulkd.errors import SchemaError
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
 from bulkd.model import Reject
+from bulkd.patterns import search_cells
 from bulkd.schemas import RecordType, resolve_ref
 
 __all__ = [
@@ -210,11 +211,18 @@ def _string_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
         if "maxLength" in node:
             ok = pc.and_kleene(ok, pc.less_equal(length, node["maxLength"]))
     if "pattern" in node:
-        ok = pc.and_kleene(ok, pc.match_substring_regex(arr, python_pattern_to_re2(node["pattern"])))
+        ok = pc.and_kleene(ok, _pattern_ok(node["pattern"], arr))
     fmt = node.get("format")
     if fmt in _FORMAT_RES:
         ok = pc.and_kleene(ok, _format_ok(fmt, arr))
     return ok
+
+
+def _pattern_ok(pattern: str, arr: pa.Array) -> pa.BooleanArray:
+    found = search_cells(arr, pattern)
+    if found is not None:
+        return pa.array(found)
+    return pc.match_substring_regex(arr, python_pattern_to_re2(pattern))
 
 
 def _format_ok(fmt: str, arr: pa.Array) -> pa.BooleanArray:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
+from bulkd import patterns
 from bulkd.encode import encode_ndjson
 from bulkd.schemas import RecordType, load_record_type, resolve_ref
 from bulkd.validate import FastChecker, RecordChecker, SchemaViolation, compile_validator
@@ -264,3 +265,14 @@ def test_a_link_of_no_known_form_lists_the_accepted_forms() -> None:
         assert "email" in forms
         assert "customer_id" in forms
         assert len(forms) == 7
+
+
+def test_pattern_checks_agree_with_and_without_the_native_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    record_type = load_record_type("customer_record")
+    cells = [*_EMAILS[0], *_EMAILS[1], None, " jane@example.com", "a@b.c\u00e9"]
+    records = pa.array([{"link": {"email": c or "x@y.z"}, "email": c} for c in cells])
+    native = FastChecker(record_type).check(records).to_pylist()
+    monkeypatch.setattr(patterns, "NATIVE", False)  # as installed without a C compiler: RE2
+    assert FastChecker(record_type).check(records).to_pylist() == native
+    assert native == _compiled_ok(record_type, _texts(records))
+    assert native.count(True) == len(_EMAILS[0]) + 1  # the valid spellings and the null
