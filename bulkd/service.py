@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bulkd import encode
+from bulkd import encode, patterns
 from bulkd.config import Config, UploadSection
 from bulkd.durable import probe_writable, remove_stale_probes, remove_temp_files
 from bulkd.errors import LedgerError, StorageError
@@ -58,6 +58,8 @@ _UPLOAD_TUNING = tuple(
         & set(UploadSection.model_fields) - {"api_url", "token", "allowed_url_hosts", "require_https"}
     )
 )
+_NATIVE_PARTS = (("NDJSON writer", encode.NATIVE), ("pattern walk", patterns.NATIVE))
+"""bulkd's optional C extensions, named as the start-up warning names a missing one."""
 _QUEUED_CONVERSIONS = 2
 """Jobs claimed beyond those converting: enough to keep converters busy, few enough to stay fair."""
 
@@ -215,10 +217,13 @@ class Service:
             ", or routes" if conf.inbox.routes else "",
             "the embedded simulator" if conf.uses_simulator else upload_settings.api_url,
         )
-        if not encode.NATIVE:
+        missing = [name for name, built in _NATIVE_PARTS if not built]
+        if missing:
             log.warning(
-                "bulkd's C NDJSON writer was not built (no C compiler at install), so records are "
-                "encoded by the slower Arrow path; reinstall bulkd where gcc or cc is available"
+                "bulkd's C %s %s not built (no C compiler at install), so slower Arrow kernels do "
+                "that work; reinstall bulkd where gcc or cc is available",
+                " and ".join(missing),
+                "was" if len(missing) == 1 else "were",
             )
 
     def _directories(self) -> tuple[tuple[str, Path], ...]:

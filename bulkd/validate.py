@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import fastjsonschema
 import numpy as np
@@ -75,6 +75,52 @@ _HANDLED = frozenset(
 )  # fmt: skip
 
 
+Mask: TypeAlias = "pa.BooleanArray | bool"
+"""Which rows pass a check: an array, or a constant for every row. Many checks are decided by an
+array's type or null count alone (a link form whose required key is not a column at all), and a
+constant skips their kernel calls and everything they would have been combined with."""
+
+
+def _and(a: Mask, b: Mask) -> Mask:
+    if a is False or b is False:
+        return False
+    if a is True:
+        return b
+    if b is True:
+        return a
+    return pc.and_kleene(a, b)
+
+
+def _or(a: Mask, b: Mask) -> Mask:
+    if a is True or b is True:
+        return True
+    if a is False:
+        return b
+    if b is False:
+        return a
+    return pc.or_kleene(a, b)
+
+
+def _as_array(mask: Mask, n: int) -> pa.BooleanArray:
+    if mask is True:
+        return _all_true(n)
+    if mask is False:
+        return all_false(n)
+    return mask
+
+
+def _valid(arr: pa.Array) -> Mask:
+    if arr.null_count == 0:
+        return True
+    return False if arr.null_count == len(arr) else arr.is_valid()
+
+
+def _null(arr: pa.Array) -> Mask:
+    if arr.null_count == len(arr):
+        return True
+    return False if arr.null_count == 0 else arr.is_null()
+
+
 class FastChecker:
     """Checks whole Arrow arrays against a schema with compute kernels.
 
@@ -89,67 +135,82 @@ class FastChecker:
 
     def check(self, records: pa.Array) -> pa.BooleanArray:
         """True for rows that satisfy the whole schema."""
-        return pc.fill_null(self._node(self.root, records), False)
+        return pc.fill_null(_as_array(self._node(self.root, records), len(records)), False)
 
-    def _node(self, node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
+    def _node(self, node: dict[str, Any], arr: pa.Array) -> Mask:
         node = resolve_ref(self.root, node)
         if not set(node) <= _HANDLED:
-            return _none_ok(arr)
+            return False
         ok = _type_ok(node.get("type"), arr)
         if "enum" in node:
-            ok = pc.and_kleene(ok, _enum_ok(node["enum"], arr))
-        for variant_key, combine in (("allOf", pc.and_kleene), ("anyOf", pc.or_kleene)):
-            if variant_key in node:
-                parts = [self._node(v, arr) for v in node[variant_key]]
-                merged = parts[0]
-                for part in parts[1:]:
-                    merged = combine(merged, part)
-                ok = pc.and_kleene(ok, merged)
-        if pa.types.is_struct(arr.type):
-            ok = pc.and_kleene(ok, self._object(node, arr))
-        elif pa.types.is_list(arr.type):
-            ok = pc.and_kleene(ok, self._array(node, arr))
-        elif pa.types.is_string(arr.type):
-            ok = pc.and_kleene(ok, _string_ok(node, arr))
-        elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-            ok = pc.and_kleene(ok, _number_ok(node, arr))
+            ok = _and(ok, _enum_ok(node["enum"], arr))
+        for keyword in ("allOf", "anyOf"):
+            if keyword in node and ok is not False:
+                ok = _and(ok, self._variants(keyword, node[keyword], arr))
+        if ok is not False:
+            if pa.types.is_struct(arr.type):
+                ok = _and(ok, self._object(node, arr))
+            elif pa.types.is_list(arr.type):
+                ok = _and(ok, self._array(node, arr))
+            elif pa.types.is_string(arr.type):
+                ok = _and(ok, _string_ok(node, arr))
+            elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+                ok = _and(ok, _number_ok(node, arr))
         # absent values satisfy everything but ``required``, which the parent checks
-        return pc.or_kleene(arr.is_null(), pc.fill_null(ok, False))
+        if ok is True:
+            return True
+        absent = _null(arr)
+        return absent if ok is False else _or(absent, pc.fill_null(ok, False))
 
-    def _object(self, node: dict[str, Any], arr: pa.StructArray) -> pa.BooleanArray:
-        ok = _all_true(len(arr))
-        props = node.get("properties", {})
-        extra = node.get("additionalProperties", True)
+    def _variants(self, keyword: str, variants: list[dict[str, Any]], arr: pa.Array) -> Mask:
+        """``allOf`` (every variant) or ``anyOf`` (one at least), stopping once the answer is settled."""
+        combine, settled = (_and, False) if keyword == "allOf" else (_or, True)
+        merged = self._node(variants[0], arr)
+        for variant in variants[1:]:
+            if merged is settled:
+                break
+            merged = combine(merged, self._node(variant, arr))
+        return merged
+
+    def _object(self, node: dict[str, Any], arr: pa.StructArray) -> Mask:
         children = dict(zip([f.name for f in arr.type], arr.flatten(), strict=True))
-        for name, child in children.items():
-            if name in props:
-                ok = pc.and_kleene(ok, self._node(props[name], child))
-            elif extra is False:
-                ok = pc.and_kleene(ok, child.is_null())
-            elif isinstance(extra, dict):
-                ok = pc.and_kleene(ok, self._node(extra, child))
+        ok: Mask = True
         for name in node.get("required", ()):
             child = children.get(name)
-            ok = pc.and_kleene(ok, child.is_valid() if child is not None else pc.invert(_all_true(len(arr))))
+            ok = _and(ok, _valid(child) if child is not None else False)
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties", True)
+        for name, child in children.items():
+            if ok is False:
+                break
+            if name in props:
+                ok = _and(ok, self._node(props[name], child))
+            elif extra is False:
+                ok = _and(ok, _null(child))
+            elif isinstance(extra, dict):
+                ok = _and(ok, self._node(extra, child))
         return ok
 
-    def _array(self, node: dict[str, Any], arr: pa.ListArray) -> pa.BooleanArray:
+    def _array(self, node: dict[str, Any], arr: pa.ListArray) -> Mask:
         lengths = pc.fill_null(pc.list_value_length(arr), 0)
-        ok = _all_true(len(arr))
+        ok: Mask = True
         if "minItems" in node:
-            ok = pc.and_kleene(ok, pc.greater_equal(lengths, node["minItems"]))
+            ok = _and(ok, pc.greater_equal(lengths, node["minItems"]))
         if "maxItems" in node:
-            ok = pc.and_kleene(ok, pc.less_equal(lengths, node["maxItems"]))
+            ok = _and(ok, pc.less_equal(lengths, node["maxItems"]))
         items = node.get("items")
         if isinstance(items, dict):
             values = pc.list_flatten(arr)
             item_ok = self._node(items, values)
             # a JSON array cannot hold an absent item: a null element must satisfy the item schema
-            item_ok = pc.and_kleene(item_ok, _nulls_allowed(resolve_ref(self.root, items), values))
-            failed = pc.take(pc.list_parent_indices(arr), pc.indices_nonzero(pc.invert(item_ok)))
-            ok = pc.and_kleene(ok, pc.invert(pc.is_in(pa.array(np.arange(len(arr))), failed)))
+            if not _nulls_allowed(resolve_ref(self.root, items)):
+                item_ok = _and(item_ok, _valid(values))
+            if item_ok is not True:
+                failed_items = pc.indices_nonzero(pc.invert(_as_array(item_ok, len(values))))
+                failed = pc.take(pc.list_parent_indices(arr), failed_items)
+                ok = _and(ok, pc.invert(pc.is_in(pa.array(np.arange(len(arr))), failed)))
         elif items is not None:
-            ok = _none_ok(arr)
+            return False
         return ok
 
 
@@ -159,14 +220,9 @@ def _all_true(n: int) -> pa.BooleanArray:
     return pa.array(np.ones(n, dtype=np.bool_))
 
 
-def _none_ok(arr: pa.Array) -> pa.BooleanArray:
-    return all_false(len(arr))
-
-
-def _nulls_allowed(node: dict[str, Any], values: pa.Array) -> pa.BooleanArray:
+def _nulls_allowed(node: dict[str, Any]) -> bool:
     kinds = node.get("type")
-    allows_null = kinds == "null" or (isinstance(kinds, list) and "null" in kinds)
-    return _all_true(len(values)) if allows_null else values.is_valid()
+    return kinds == "null" or (isinstance(kinds, list) and "null" in kinds)
 
 
 _ARROW_TYPE_OK = {
@@ -180,9 +236,9 @@ _ARROW_TYPE_OK = {
 }
 
 
-def _type_ok(kinds: object, arr: pa.Array) -> pa.BooleanArray:
+def _type_ok(kinds: object, arr: pa.Array) -> Mask:
     if kinds is None:
-        return _all_true(len(arr))
+        return True
     names = kinds if isinstance(kinds, list) else [kinds]
     if pa.types.is_floating(arr.type) and "null" not in names:
         # NaN and infinities are encoded as ``null``, which no numeric type accepts
@@ -191,30 +247,28 @@ def _type_ok(kinds: object, arr: pa.Array) -> pa.BooleanArray:
             return pc.and_(finite, pc.equal(pc.floor(arr), arr))
         if "number" in names:
             return finite
-    if any(_ARROW_TYPE_OK.get(str(name), lambda _t: False)(arr.type) for name in names):
-        return _all_true(len(arr))
-    return _none_ok(arr)
+    return any(_ARROW_TYPE_OK.get(str(name), lambda _t: False)(arr.type) for name in names)
 
 
-def _enum_ok(options: list[Any], arr: pa.Array) -> pa.BooleanArray:
+def _enum_ok(options: list[Any], arr: pa.Array) -> Mask:
     if pa.types.is_string(arr.type):
         return pc.is_in(arr, pa.array([o for o in options if isinstance(o, str)], pa.string()))
-    return _none_ok(arr)  # enums over non-strings: let the compiled validator decide
+    return False  # enums over non-strings: let the compiled validator decide
 
 
-def _string_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
-    ok = _all_true(len(arr))
+def _string_ok(node: dict[str, Any], arr: pa.Array) -> Mask:
+    ok: Mask = True
     if "minLength" in node or "maxLength" in node:
         length = pc.utf8_length(arr)
         if "minLength" in node:
-            ok = pc.and_kleene(ok, pc.greater_equal(length, node["minLength"]))
+            ok = _and(ok, pc.greater_equal(length, node["minLength"]))
         if "maxLength" in node:
-            ok = pc.and_kleene(ok, pc.less_equal(length, node["maxLength"]))
+            ok = _and(ok, pc.less_equal(length, node["maxLength"]))
     if "pattern" in node:
-        ok = pc.and_kleene(ok, _pattern_ok(node["pattern"], arr))
+        ok = _and(ok, _pattern_ok(node["pattern"], arr))
     fmt = node.get("format")
     if fmt in _FORMAT_RES:
-        ok = pc.and_kleene(ok, _format_ok(fmt, arr))
+        ok = _and(ok, _format_ok(fmt, arr))
     return ok
 
 
@@ -248,8 +302,8 @@ def _cast_int(text: pa.Array) -> pa.Array:
 _NULL_TEXT = pa.scalar(None, pa.string())
 
 
-def _number_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
-    ok = _all_true(len(arr))
+def _number_ok(node: dict[str, Any], arr: pa.Array) -> Mask:
+    ok: Mask = True
     checks = (
         ("minimum", pc.greater_equal),
         ("maximum", pc.less_equal),
@@ -258,7 +312,7 @@ def _number_ok(node: dict[str, Any], arr: pa.Array) -> pa.BooleanArray:
     )
     for keyword, compare in checks:
         if keyword in node:
-            ok = pc.and_kleene(ok, compare(arr, node[keyword]))
+            ok = _and(ok, compare(arr, node[keyword]))
     return ok
 
 

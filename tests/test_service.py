@@ -357,10 +357,13 @@ def test_sample_with_the_embedded_simulator(tmp_path: Path) -> None:
     assert_no_secrets(daemon)
 
 
-def test_without_the_c_writer_the_daemon_warns_and_delivers_the_same(tmp_path: Path) -> None:
-    """An install without a C compiler: the Arrow path encodes, and the start-up log says so."""
+def test_without_the_c_extensions_the_daemon_warns_and_delivers_the_same(tmp_path: Path) -> None:
+    """An install without a C compiler: Arrow kernels encode and match, and the start-up log says so."""
     daemon = Daemon.create(tmp_path)
-    blocked = "import sys; sys.modules['bulkd._jsonl'] = None; from bulkd.__main__ import run; run()"
+    blocked = (
+        "import sys; sys.modules['bulkd._jsonl'] = sys.modules['bulkd._match'] = None; "
+        "from bulkd.__main__ import run; run()"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", blocked, "run", "--config", str(daemon.config_path), "--once", "--sample"],
         env=daemon.env(),
@@ -371,6 +374,6 @@ def test_without_the_c_writer_the_daemon_warns_and_delivers_the_same(tmp_path: P
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "C NDJSON writer was not built" in proc.stderr
+    assert "C NDJSON writer and pattern walk were not built" in proc.stderr
     [report] = load_reports(daemon.done).values()
     assert (report["state"], report["records"], report["rejected"]) == ("archived", 37, 3)
