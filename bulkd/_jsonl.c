@@ -13,6 +13,10 @@
  *   (2, validity, offset, offsets, data)                UTF-8 text that already is JSON
  *   (3, validity, offset, values)                       boolean (bit-packed)
  *   (4, validity, offset, values)                       int64
+ *   (5, validity, offset, offsets, child, child_length, base)
+ *                                                       list; item j of the offsets is row
+ *                                                       j - base of the child (a slice of the
+ *                                                       whole child), an absent item reads null
  *
  * validity is None when the array has no nulls. The bytes are those of the Arrow path: a null
  * member is omitted (never written as null), a struct with no member present is {}, keys follow
@@ -25,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { K_STRUCT = 0, K_STRING = 1, K_RAW = 2, K_BOOL = 3, K_INT64 = 4 };
+enum { K_STRUCT = 0, K_STRING = 1, K_RAW = 2, K_BOOL = 3, K_INT64 = 4, K_LIST = 5 };
 
 /* Values up to this many bytes are copied as one fixed-size move (most keys and cells). */
 #define SHORT 16
@@ -40,7 +44,9 @@ struct Node {
     const uint8_t *data_end; /* end of the string bytes' buffer: short copies may read up to it */
     int clean;               /* string bytes with nothing to escape (checked before writing) */
     Py_ssize_t nchildren;
-    Node *children;
+    Node *children;          /* a struct's members, or a list's one child */
+    int64_t child_length;    /* a list's child rows */
+    int64_t base;            /* a list's offset value of the child's first row */
     const char **keys;
     Py_ssize_t *key_lens;
 };
@@ -184,6 +190,38 @@ static int parse_node(PyObject *spec, Node *node, Py_ssize_t length, Holder *h, 
         *estimate += (int64_t)(hi - lo) + (kind == K_STRING ? 2 : 0) * (int64_t)length;
         return 0;
     }
+    case K_LIST: {
+        if (size != 7) {
+            PyErr_SetString(PyExc_TypeError,
+                            "list node must be (kind, validity, offset, offsets, child, child_length, base)");
+            return -1;
+        }
+        Py_ssize_t child_length = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 5));
+        Py_ssize_t base = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 6));
+        if (PyErr_Occurred()) return -1;
+        if (child_length < 0 || base < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative list child length or base");
+            return -1;
+        }
+        const uint8_t *offsets;
+        if (holder_view(h, PyTuple_GET_ITEM(spec, 3), (offset + length + 1) * 4, 0, &offsets) < 0) return -1;
+        node->offsets = (const int32_t *)offsets;
+        /* Every item index is checked here, once, so that writing never reads past the child. */
+        for (Py_ssize_t i = offset; i < offset + length; i++) {
+            if (node->offsets[i] < base || node->offsets[i + 1] < node->offsets[i] ||
+                node->offsets[i + 1] - base > child_length) {
+                PyErr_SetString(PyExc_ValueError, "Arrow list offsets out of order or past the child");
+                return -1;
+            }
+        }
+        node->nchildren = 1;
+        node->child_length = child_length;
+        node->base = base;
+        node->children = holder_alloc(h, sizeof(Node));
+        if (!node->children) return -1;
+        *estimate += 2 * (int64_t)length + child_length;
+        return parse_node(PyTuple_GET_ITEM(spec, 4), node->children, child_length, h, estimate);
+    }
     case K_BOOL:
         *estimate += 5 * (int64_t)length;
         return holder_view(h, PyTuple_GET_ITEM(spec, 3), bitmap_bytes(offset, length), 0, &node->data);
@@ -253,6 +291,8 @@ static int any_escape(const uint8_t *s, size_t n) {
 static void mark_clean(Node *n, Py_ssize_t length) {
     if (n->kind == K_STRUCT) {
         for (Py_ssize_t k = 0; k < n->nchildren; k++) mark_clean(&n->children[k], length);
+    } else if (n->kind == K_LIST) {
+        mark_clean(n->children, (Py_ssize_t)n->child_length);
     } else if (n->kind == K_STRING && length > 0) {
         int32_t lo = n->offsets[n->offset], hi = n->offsets[n->offset + length];
         n->clean = !any_escape(n->data + lo, (size_t)(hi - lo));
@@ -364,6 +404,25 @@ static void put_value(Out *o, const Node *n, int64_t row) {
         int64_t v;
         memcpy(&v, n->data + i * 8, 8);
         put_int64(o, v);
+        return;
+    }
+    case K_LIST: {
+        const Node *child = n->children;
+        int64_t lo = n->offsets[i] - n->base, hi = n->offsets[i + 1] - n->base;
+        if (!reserve(o, 1)) return;
+        o->buf[o->len++] = '[';
+        for (int64_t item = lo; item < hi; item++) {
+            if (!reserve(o, 5)) return;
+            if (item > lo) o->buf[o->len++] = ',';
+            if (present(child, item)) {
+                put_value(o, child, item);
+            } else {
+                memcpy(o->buf + o->len, "null", 4);
+                o->len += 4;
+            }
+        }
+        if (!reserve(o, 1)) return;
+        o->buf[o->len++] = ']';
         return;
     }
     }

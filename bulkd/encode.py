@@ -101,7 +101,9 @@ def _plain(records: pa.StructArray) -> pa.StructArray:
     return records if plain == records.type else records.cast(plain)
 
 
-_STRUCT, _STRING, _RAW, _BOOL, _INT64 = range(5)
+_STRUCT, _STRING, _RAW, _BOOL, _INT64, _LIST = range(6)
+_NO_ROWS = np.zeros(1, dtype=np.int32).tobytes()
+"""The offsets of a list with no rows."""
 Node = tuple[object, ...]
 """An array as ``bulkd._jsonl`` reads it: kind, validity buffer, offset, then the kind's buffers."""
 
@@ -118,6 +120,17 @@ def _node(arr: pa.Array) -> Node:
         return (_STRING, validity, arr.offset, offsets, data)
     if pa.types.is_large_string(kind):
         return _node(arr.cast(pa.string()))
+    if pa.types.is_list(kind):
+        if len(arr) == 0:  # an empty array may have no offsets buffer at all
+            return (_LIST, None, 0, _NO_ROWS, _node(arr.values.slice(0, 0)), 0, 0)
+        # Only the child rows this slice refers to: a unit is often a slice of a larger array.
+        offsets = arr.buffers()[1]
+        ends = np.frombuffer(offsets, dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+        base = int(ends[0])
+        values = arr.values.slice(base, int(ends[-1]) - base)
+        return (_LIST, validity, arr.offset, offsets, _node(values), len(values), base)
+    if pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _node(arr.cast(pa.list_(kind.value_type)))
     if pa.types.is_boolean(kind):
         return (_BOOL, validity, arr.offset, arr.buffers()[1])
     if pa.types.is_int64(kind):

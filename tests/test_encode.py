@@ -139,6 +139,20 @@ _ROW = st.fixed_dictionaries(
         "o": st.none() | st.fixed_dictionaries({"k": st.none() | _TEXT, "n": st.none() | st.integers(0, 9)}),
         "l": st.none() | st.lists(st.none() | _TEXT, max_size=3),
         "d": st.none() | st.dates(),
+        # purchase lines: a list of objects with numbers, nested objects and absent members
+        "ls": st.none()
+        | st.lists(
+            st.none()
+            | st.fixed_dictionaries(
+                {
+                    "p": st.none() | st.floats(allow_nan=True, allow_infinity=True),
+                    "q": st.none() | st.integers(-5, 5),
+                    "r": st.none() | st.fixed_dictionaries({"id": st.none() | _TEXT}),
+                    "t": st.none() | st.lists(st.none() | st.booleans(), max_size=2),
+                }
+            ),
+            max_size=3,
+        ),
     }
 )
 _TYPE = pa.struct(
@@ -152,6 +166,19 @@ _TYPE = pa.struct(
         ("o", pa.struct([("k", pa.string()), ("n", pa.int32())])),
         ("l", pa.list_(pa.string())),
         ("d", pa.date32()),
+        (
+            "ls",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("p", pa.float64()),
+                        ("q", pa.int64()),
+                        ("r", pa.struct([("id", pa.string())])),
+                        ("t", pa.large_list(pa.bool_())),
+                    ]
+                )
+            ),
+        ),
     ]
 )
 
@@ -354,3 +381,30 @@ def test_other_dictionaries_encode_as_their_decoded_values(encoder: Encoder, col
     assert written == _encoded_bytes(encoder, _decoded(records))
     expected = [_as_json(row) for row in records.to_pylist()]
     assert [orjson.loads(line) for line in written.splitlines()] == expected
+
+
+@needs_native
+def test_a_sliced_list_column_hands_the_writer_only_the_items_it_refers_to() -> None:
+    """A unit is a slice of a larger array; its list items alone are prepared (as JSON text for
+    numbers), so encoding a unit does not cost in proportion to the array it was cut from."""
+    records = pa.array([{"l": [float(i), float(i) / 2]} for i in range(1000)])
+    unit = records.slice(400, 3)
+    _kind, _validity, _offset, (members,) = encode._node(unit)
+    key, (kind, _v, offset, _offsets, child, child_length, base) = members
+    assert (key, kind, offset) == (b'"l":', 5, 400)
+    assert (child_length, base) == (6, 800)
+    assert child[0] == 2  # the numbers as JSON text, made for these six items only
+    assert child[4].size == len("400200401200.5402201")
+    written = native_ndjson(unit)
+    assert bytes(written.slice_bytes(0, 3)) == b'{"l":[400,200]}\n{"l":[401,200.5]}\n{"l":[402,201]}\n'
+
+
+@needs_native
+def test_native_writer_refuses_list_offsets_past_the_child() -> None:
+    from bulkd import _jsonl
+
+    offsets = np.array([0, 2, 9], dtype=np.int32).tobytes()
+    child = (4, None, 0, np.arange(3, dtype=np.int64).tobytes())
+    spec = (0, None, 0, ((b'"l":', (5, None, 0, offsets, child, 3, 0)),))
+    with pytest.raises(ValueError, match="past the child"):
+        _jsonl.encode(spec, 2, None)
