@@ -43,7 +43,7 @@ MATCHED = 1
 
 _ASCII = 128
 _MAX_STATES = 250  # the table holds state numbers as bytes
-_MAX_NODES = 4_000
+_MAX_NODES = 2_000
 _MAX_REPEAT = 64
 _DIGITS = frozenset(range(ord("0"), ord("9") + 1))
 _WORD = (
@@ -91,7 +91,7 @@ def compile_pattern(pattern: str) -> Automaton | None:
 
 
 def search_cells(cells: pa.Array, pattern: str) -> npt.NDArray[np.bool_] | None:
-    """Per cell of a string array, does ``pattern`` match (as the compiled validator searches)?
+    """Per cell of a ``pa.string()`` array, does ``pattern`` match (as the compiled validator searches)?
 
     None when the pattern has no automaton or the native walk was not built: the caller then
     asks RE2. Null cells get an answer too; the caller decides what a null means.
@@ -99,6 +99,8 @@ def search_cells(cells: pa.Array, pattern: str) -> npt.NDArray[np.bool_] | None:
     automaton = compile_pattern(pattern)
     if automaton is None or not NATIVE:
         return None
+    if len(cells) == 0:  # an empty array may have no offsets buffer at all
+        return np.zeros(0, dtype=np.bool_)
     _validity, offsets, data = cells.buffers()
     found = np.zeros(len(cells), dtype=np.bool_)
     _match.walk(
@@ -380,13 +382,24 @@ def _determinise(nfa: _Nfa, begin: int, end: int) -> Automaton:
             accept.append(1 if end in ends else 0)
         return ids[key]
 
+    after: dict[frozenset[int], int] = {}  # bytes that move to the same nodes share a state
+
+    def next_state(moved: frozenset[int]) -> int:
+        if moved not in after:
+            reached = _closure(nfa, moved, at_start=False, at_end=False) | restart
+            after[moved] = state_of(reached, initial=False)
+        return after[moved]
+
     start = state_of(first, initial=True)
     done = 0
     while done < len(sets):
         nodes, _ = sets[done]
         row = rows[ids[sets[done]]]
         done += 1
+        targets: list[set[int]] = [set() for _ in range(_ASCII)]
+        for n in nodes:
+            for byte in nfa.nodes[n].chars:
+                targets[byte].add(nfa.nodes[n].char_to)
         for byte in range(_ASCII):
-            moved = [nfa.nodes[n].char_to for n in nodes if byte in nfa.nodes[n].chars]
-            row[byte] = state_of(_closure(nfa, moved, at_start=False, at_end=False) | restart, initial=False)
+            row[byte] = next_state(frozenset(targets[byte]))
     return Automaton(bytes(b"".join(rows)), bytes(accept), start)

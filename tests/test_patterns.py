@@ -123,6 +123,16 @@ def test_random_patterns_agree_with_re(
         assert automaton.search(cell.encode()) == _validator_search(pattern, cell), (pattern, cell)
 
 
+def test_long_repeats_compile_and_state_blowups_are_left_to_re2() -> None:
+    digits = compile_pattern(r"^\d{64}$")
+    assert digits is not None
+    assert digits.search(b"1" * 64)
+    assert not digits.search(b"1" * 63)
+    assert not digits.search(b"1" * 65)
+    # the n-th symbol from the end: a DFA needs 2**13 states, more than a byte can number
+    assert compile_pattern(r"(a|b)*a(a|b){12}$") is None
+
+
 def test_lexer_email_pattern_is_supported_and_strict_at_the_end() -> None:
     automaton = compile_pattern(LEXER_EMAIL)
     assert isinstance(automaton, Automaton)
