@@ -81,24 +81,27 @@ array's type or null count alone (a link form whose required key is not a column
 constant skips their kernel calls and everything they would have been combined with."""
 
 
-def _and(a: Mask, b: Mask) -> Mask:
-    if a is False or b is False:
-        return False
-    if a is True:
+def _fold(a: Mask, b: Mask, settled: bool) -> Mask:
+    """``a and b`` (``settled`` False) or ``a or b`` (``settled`` True), row by row.
+
+    The ``settled`` constant decides the answer whatever the other mask holds; the other
+    constant leaves the other mask as it is. Only two arrays need a kernel.
+    """
+    if a is settled or b is settled:
+        return settled
+    if isinstance(a, bool):
         return b
-    if b is True:
+    if isinstance(b, bool):
         return a
-    return pc.and_kleene(a, b)
+    return pc.or_kleene(a, b) if settled else pc.and_kleene(a, b)
+
+
+def _and(a: Mask, b: Mask) -> Mask:
+    return _fold(a, b, settled=False)
 
 
 def _or(a: Mask, b: Mask) -> Mask:
-    if a is True or b is True:
-        return True
-    if a is False:
-        return b
-    if b is False:
-        return a
-    return pc.or_kleene(a, b)
+    return _fold(a, b, settled=True)
 
 
 def _as_array(mask: Mask, n: int) -> pa.BooleanArray:
@@ -164,12 +167,12 @@ class FastChecker:
 
     def _variants(self, keyword: str, variants: list[dict[str, Any]], arr: pa.Array) -> Mask:
         """``allOf`` (every variant) or ``anyOf`` (one at least), stopping once the answer is settled."""
-        combine, settled = (_and, False) if keyword == "allOf" else (_or, True)
+        settled = keyword == "anyOf"
         merged = self._node(variants[0], arr)
         for variant in variants[1:]:
             if merged is settled:
                 break
-            merged = combine(merged, self._node(variant, arr))
+            merged = _fold(merged, self._node(variant, arr), settled)
         return merged
 
     def _object(self, node: dict[str, Any], arr: pa.StructArray) -> Mask:

@@ -83,7 +83,7 @@ def test_supported_patterns_have_a_well_formed_table(pattern: str) -> None:
     assert automaton.accept[MATCHED] == 1
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=st.sampled_from(_SUPPORTED), cell=_CELL)
 def test_automaton_answers_as_the_validator_does(pattern: str, cell: str) -> None:
     automaton = compile_pattern(pattern)
@@ -102,7 +102,7 @@ _PIECES = st.sampled_from(
 _QUANTIFIERS = st.sampled_from(["", "", "*", "+", "?", "{2}", "{1,2}", "{0,}", "*?"])
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     parts=st.lists(st.tuples(_PIECES, _QUANTIFIERS), min_size=1, max_size=5),
     alternate=st.booleans(),
@@ -153,7 +153,7 @@ def test_native_walk_is_built_where_a_compiler_is() -> None:
 
 
 @native
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cells=st.lists(st.one_of(st.none(), _CELL), max_size=40),
     cut=st.integers(min_value=0, max_value=5),
