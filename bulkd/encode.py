@@ -121,14 +121,10 @@ def _node(arr: pa.Array) -> Node:
     if pa.types.is_large_string(kind):
         return _node(arr.cast(pa.string()))
     if pa.types.is_list(kind):
+        values, base = _list_items(arr)
         if len(arr) == 0:  # an empty array may have no offsets buffer at all
-            return (_LIST, None, 0, _NO_ROWS, _node(arr.values.slice(0, 0)), 0, 0)
-        # Only the child rows this slice refers to: a unit is often a slice of a larger array.
-        offsets = arr.buffers()[1]
-        ends = np.frombuffer(offsets, dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
-        base = int(ends[0])
-        values = arr.values.slice(base, int(ends[-1]) - base)
-        return (_LIST, validity, arr.offset, offsets, _node(values), len(values), base)
+            return (_LIST, None, 0, _NO_ROWS, _node(values), 0, 0)
+        return (_LIST, validity, arr.offset, arr.buffers()[1], _node(values), len(values), base)
     if pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         return _node(arr.cast(pa.list_(kind.value_type)))
     if pa.types.is_boolean(kind):
@@ -273,15 +269,22 @@ def _encode_struct(arr: pa.StructArray, close: str = "}") -> pa.Array:
     return pc.if_else(arr.is_valid(), text, _NULL_STR)
 
 
+def _list_items(arr: pa.ListArray) -> tuple[pa.Array, int]:
+    """The child rows a list array (often a slice of a larger one) refers to, and the offset
+    value of the first: both encoders prepare those items only, not the whole child."""
+    if len(arr) == 0:
+        return arr.values.slice(0, 0), 0
+    ends = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    base = int(ends[0])
+    return arr.values.slice(base, int(ends[-1]) - base), base
+
+
 def _encode_list(arr: pa.Array) -> pa.Array:
     if pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
         arr = arr.cast(pa.list_(arr.type.value_type))
-    offsets = arr.offsets
-    start = offsets[0].as_py()
-    stop = offsets[-1].as_py()
-    values = arr.values.slice(start, stop - start)
+    values, start = _list_items(arr)
     items = pc.fill_null(_encode(values), "null")
-    rebased = pc.subtract(offsets, pa.scalar(start, pa.int32()))
+    rebased = pc.subtract(arr.offsets, pa.scalar(start, pa.int32()))
     joined = pc.binary_join(pa.ListArray.from_arrays(rebased, items, mask=arr.is_null()), ",")
     return pc.binary_join_element_wise("[", joined, "]", "")
 
