@@ -255,16 +255,15 @@ def test_a_refused_link_is_explained_by_the_form_it_looks_like() -> None:
 
 def test_a_link_of_no_known_form_lists_the_accepted_forms() -> None:
     checker = RecordChecker(load_record_type("customer_record"))
-    for _ in range(2):  # the second ask is answered from the checker's cache of forms
-        reason = checker.explain({"link": {"phone": "+61 400 000 000"}})
-        assert reason is not None
-        field, rule, message = reason
-        assert (field, rule) == ("link", "anyOf")
-        assert message.startswith("link matches none of the accepted forms: ")
-        forms = message.split(": ", 1)[1].split(" | ")
-        assert "email" in forms
-        assert "customer_id" in forms
-        assert len(forms) == 7
+    reason = checker.explain({"link": {"phone": "+61 400 000 000"}})
+    assert reason is not None
+    field, rule, message = reason
+    assert (field, rule) == ("link", "anyOf")
+    assert message.startswith("link matches none of the accepted forms: ")
+    forms = message.split(": ", 1)[1].split(" | ")
+    assert "email" in forms
+    assert "customer_id" in forms
+    assert len(forms) == 7
 
 
 def test_pattern_checks_agree_with_and_without_the_native_walk(monkeypatch: pytest.MonkeyPatch) -> None:
