@@ -10,7 +10,7 @@ Two paths that must agree exactly:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, TypeAlias
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from bulkd.coerce import all_false, calendar_ok, iso_dates_ok, iso_datetimes_ok
 from bulkd.encode import encode_ndjson
 from bulkd.errors import SchemaError
+from bulkd.facts import plan_for, record_facts
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
 from bulkd.model import Reject
 from bulkd.patterns import search_cells
@@ -44,6 +45,9 @@ SchemaViolation = fastjsonschema.JsonSchemaValueException
 """Raised by a compiled validator: ``.message``, ``.path``, ``.rule`` (``.value`` is never logged)."""
 
 RecordValidator = Callable[[Any], Any]
+
+Reason: TypeAlias = "tuple[str | None, str, str]"
+"""Why a record is refused: (field path, rule, message)."""
 
 
 def compile_validator(record_type: RecordType) -> RecordValidator:
@@ -365,6 +369,9 @@ class RecordChecker:
         self.fast = FastChecker(record_type)
         self.compiled = compile_validator(record_type)
         self._forms: dict[bytes, tuple[tuple[_Form, ...], str]] = {}
+        self._place = plan_for(record_type.schema)
+        """Where the facts come from (None when the schema uses keywords they cannot follow)."""
+        self._kinds: dict[Hashable, Reason | None] = {}
 
     def verdict(
         self, input_name: str, records: pa.Array, lines: pa.Int64Array, skip: pa.BooleanArray | None = None
@@ -388,7 +395,7 @@ class RecordChecker:
         rejects: list[Reject] = []
         cleared = 0
         for i, (row, line) in enumerate(zip(suspects.to_pylist(), line_of, strict=True)):
-            reason = self.explain(orjson.loads(texts.slice_bytes(i, i + 1)))
+            reason = self.explain_kind(orjson.loads(texts.slice_bytes(i, i + 1)))
             if reason is None:
                 flags[row] = True
                 cleared += 1
@@ -397,7 +404,20 @@ class RecordChecker:
                 rejects.append(Reject(input=input_name, line=line, field=field, rule=rule, message=message))
         return Verdict(pa.array(flags), tuple(rejects), cleared)
 
-    def explain(self, record: Any) -> tuple[str | None, str, str] | None:
+    def explain_kind(self, record: Any) -> Reason | None:
+        """:meth:`explain`, worked out once per kind of record (:mod:`bulkd.facts`)."""
+        if self._place is None:
+            return self.explain(record)
+        kind = record_facts(record, self._place)
+        if kind in self._kinds:
+            return self._kinds[kind]
+        reason = self.explain(record)
+        if len(self._kinds) >= _KINDS_KEPT:
+            self._kinds.clear()
+        self._kinds[kind] = reason
+        return reason
+
+    def explain(self, record: Any) -> Reason | None:
         """The compiled validator's reason for refusing ``record`` (None when it is valid)."""
         try:
             self.compiled(record)
@@ -447,6 +467,10 @@ class RecordChecker:
         return known
 
 
+_KINDS_KEPT = 1024
+"""Kinds of record whose explanation is kept (a few KB each); a file has a handful, usually."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Form:
     """One ``anyOf`` variant: the keys that identify it, and its own compiled validator."""
@@ -467,7 +491,7 @@ def _variant_validator(root: dict[str, Any], variant: dict[str, Any]) -> RecordV
     return _VARIANTS[key]
 
 
-def violation_reason(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str | None, str, str]:
+def violation_reason(exc: fastjsonschema.JsonSchemaValueException) -> Reason:
     """(field path, rule, message) from a fastjsonschema error, with ``data.`` dropped.
 
     fastjsonschema's messages name the rule's expectation, never the offending value.
