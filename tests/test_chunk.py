@@ -253,3 +253,20 @@ def test_row_sizes_from_offsets_match_the_length_kernel() -> None:
     for column in data.columns[:4]:
         expected += pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False)
     assert _row_bytes(data).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("nulls", [False, True])
+def test_a_unit_takes_the_rows_that_sizes_per_row_would(nulls: bool) -> None:
+    from bulkd.pipeline import _row_bytes, _take
+
+    words = pa.array(["ab", "", "cdef", "g", "hij"] * 4, pa.string())
+    if nulls:  # null slots that keep their bytes, as a flattened struct's children do
+        mask = pa.array([i % 7 == 3 for i in range(20)])
+        words = pa.StructArray.from_arrays([words], names=["t"], mask=mask).flatten()[0]
+    columns = {"w": words, "b": words.cast(pa.binary()), "n": pa.array(range(20))}
+    data = pa.RecordBatch.from_pydict(columns).slice(3)
+    sizes = _row_bytes(data)
+    for room in range(1, int(sizes.sum()) + 20):
+        cum = np.cumsum(sizes)
+        take = min(len(cum), int(np.searchsorted(cum, room, side="left")) + 1)
+        assert _take(data, room) == (take, int(cum[take - 1])), room
