@@ -179,7 +179,7 @@ class _Failures:
     def add(
         self, bad: pa.BooleanArray, to_top: pa.Int64Array | None, path: Path, rule: str, why: str
     ) -> None:
-        if not pc.any(bad).as_py():
+        if not bad.true_count:  # (a kernel call costs ~60 times more)
             return
         rows = pc.indices_nonzero(bad)
         if to_top is not None:
@@ -355,10 +355,11 @@ def _collect(
     if not first:
         return coerce.all_false(n), ()
     flags = np.zeros(n, dtype=np.bool_)
-    flags[list(first)] = True
-    line_list = lines.to_pylist()
+    rows = sorted(first)
+    flags[rows] = True
+    line_of = lines.to_numpy(zero_copy_only=False)[rows].tolist()  # not the whole unit's lines as Python ints
     rejects = tuple(
-        Reject(input=input_name, line=line_list[row], field=f, rule=r, message=f"{f} {w}")
-        for row, (f, r, w) in sorted(first.items())
+        Reject(input=input_name, line=line, field=f, rule=r, message=f"{f} {w}")
+        for line, (f, r, w) in zip(line_of, (first[row] for row in rows), strict=True)
     )
     return pa.array(flags), rejects

@@ -386,7 +386,7 @@ class RecordChecker:
         if skip is not None:
             ok = pc.and_not(ok, skip)
             doubtful = pc.and_not(doubtful, skip)
-        if not pc.any(doubtful).as_py():
+        if not doubtful.true_count:
             return Verdict(ok, (), 0)
         suspects = pc.indices_nonzero(doubtful)
         texts = encode_ndjson(records.take(suspects))  # not a mask: Arrow-encoded types cost per row
