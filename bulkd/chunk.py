@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from isal import isal_zlib
 from zlib_ng import zlib_ng
 
@@ -134,19 +136,40 @@ def deflate_block(data: bytes | memoryview, level: int) -> bytes:
     return b"".join((fast.compress(data), fast.flush(isal_zlib.Z_SYNC_FLUSH)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Block:
-    """Encoded records with their deflated bytes, made ahead (on a worker thread) for one chunk."""
+    """Records deflated ahead (on a worker thread) for one chunk, with their bounds.
 
-    rows: EncodedRows
+    The text itself is not kept: a unit's NDJSON is ~4 MB against ~0.5 MB deflated, and several
+    blocks wait in flight for the writer. Held, they made the writer's pool of output buffers
+    miss and each new buffer's pages be faulted in again. A block that a chunk boundary splits
+    (one per chunk) is inflated instead.
+    """
+
     deflated: bytes
     crc: int
     level: int
+    offsets: np.ndarray
+    """``count + 1`` bounds of the records in the block's text, from 0."""
 
     @classmethod
     def make(cls, rows: EncodedRows, level: int) -> Block:
         raw = rows.slice_bytes(0, rows.count)
-        return cls(rows, deflate_block(raw, level), zlib_ng.crc32(raw), level)
+        offsets = rows.offsets[: rows.count + 1] - rows.offsets[0]
+        return cls(deflate_block(raw, level), zlib_ng.crc32(raw), level, offsets)
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows(self) -> EncodedRows:
+        """The records again, inflated from the block."""
+        text = zlib_ng.decompressobj(_RAW_DEFLATE).decompress(self.deflated)
+        return EncodedRows(data=pa.py_buffer(text), offsets=self.offsets, count=self.count)
 
 
 class _OpenChunk:
@@ -229,20 +252,23 @@ class ChunkWriter:
         plain rows) each piece is deflated here, so the bytes are the same either way.
         """
         block = rows if isinstance(rows, Block) else None
-        if isinstance(rows, Block):
-            rows = rows.rows
+        text = rows if isinstance(rows, EncodedRows) else None
+        offsets, count = rows.offsets[: rows.count + 1], rows.count
         start = 0
         try:
-            while start < rows.count:
+            while start < count:
                 chunk = self._current()
-                stop = self._fit(rows, start, chunk)
+                stop = self._fit(offsets, start, chunk)
                 if stop == start:  # the next record does not fit beside what the chunk holds
                     self._close()
                     continue
-                if block is not None and start == 0 and stop == rows.count and block.level == self.level:
-                    chunk.write(block.deflated, block.crc, rows.nbytes, rows.count)
+                if block is not None and start == 0 and stop == count and block.level == self.level:
+                    chunk.write(block.deflated, block.crc, block.nbytes, count)
                 else:
-                    raw = rows.slice_bytes(start, stop)
+                    if text is None:
+                        assert block is not None
+                        text = block.rows()
+                    raw = text.slice_bytes(start, stop)
                     chunk.write(deflate_block(raw, self.level), zlib_ng.crc32(raw), len(raw), stop - start)
                 start = stop
                 if (
@@ -264,19 +290,19 @@ class ChunkWriter:
             self._open = _OpenChunk(self.out_dir / self.naming.filename(index), index)
         return self._open
 
-    def _fit(self, rows: EncodedRows, start: int, chunk: _OpenChunk) -> int:
+    def _fit(self, offsets: np.ndarray, start: int, chunk: _OpenChunk) -> int:
         """The last record index (exclusive) that fits the open chunk's limits.
 
         At least one record goes into an empty chunk (a record larger than the byte limit gets a
         chunk of its own); ``start`` is returned when the next record would overflow a chunk that
         already holds records, so the caller closes it first.
         """
-        stop = min(rows.count, start + self.limits.max_records - chunk.records)
+        stop = min(len(offsets) - 1, start + self.limits.max_records - chunk.records)
         room = self.limits.max_ndjson_bytes - chunk.raw_bytes
-        base = int(rows.offsets[start])
-        if int(rows.offsets[stop]) - base > room:
+        base = int(offsets[start])
+        if int(offsets[stop]) - base > room:
             limit = base + room
-            fits = int(rows.offsets[start : stop + 1].searchsorted(limit, side="right")) + start - 1
+            fits = int(offsets[start : stop + 1].searchsorted(limit, side="right")) + start - 1
             stop = max(start + 1, fits) if chunk.records == 0 else fits
         return stop
 

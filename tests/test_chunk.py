@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from bulkd.chunk import ChunkLimits, ChunkNaming
+from bulkd.chunk import Block, ChunkLimits, ChunkNaming, ChunkWriter
 from bulkd.cli import main
+from bulkd.encode import EncodedRows
 from bulkd.errors import ConfigError
 from bulkd.pipeline import ConvertSettings, FileResult, convert_file
 from bulkd.read import ReadOptions
@@ -270,3 +271,30 @@ def test_a_unit_takes_the_rows_that_sizes_per_row_would(nulls: bool) -> None:
         cum = np.cumsum(sizes)
         take = min(len(cum), int(np.searchsorted(cum, room, side="left")) + 1)
         assert _take(data, room) == (take, int(cum[take - 1])), room
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_a_block_is_written_as_its_records_would_be(tmp_path: Path, level: int) -> None:
+    """Whole in a chunk or split by its boundaries (then inflated again), a deflated block gives
+    the bytes its records give when written as they are."""
+    texts = [orjson.dumps({"n": i, "pad": "x" * (i % 37)}) + b"\n" for i in range(900)]
+    data = b"".join(texts)
+    offsets = np.cumsum([0, *(len(t) for t in texts)]).astype(np.int64)
+    units = [(0, 250), (250, 260), (260, 900)]
+    for limits in (
+        ChunkLimits(gzip_level=level),
+        ChunkLimits(max_records=97, max_ndjson_bytes=3000, gzip_level=level),
+    ):
+        digests = []
+        for as_blocks in (False, True):
+            out = tmp_path / f"{as_blocks}-{limits.max_records}"
+            out.mkdir()
+            writer = ChunkWriter(out, ChunkNaming("ds", "customer_record", "1"), limits)
+            for lo, hi in units:
+                rows = EncodedRows(pa.py_buffer(data), offsets[lo : hi + 1], hi - lo)
+                writer.write(Block.make(rows, level) if as_blocks else rows)
+            chunks = writer.finish()
+            digests.append([c.sha256_hex for c in chunks])
+            assert b"".join(gzip.decompress(c.path.read_bytes()) for c in chunks) == data
+        assert digests[0] == digests[1]
+    assert len(digests[0]) > 10  # the small limits split blocks
