@@ -37,6 +37,7 @@ __all__ = [
 
 _TRUE = ["true", "1", "yes"]
 _FALSE = ["false", "0", "no"]
+_PLAIN = pa.array([_TRUE[0], _FALSE[0]])
 
 # Accepted date-time spellings: a date, optionally a time (seconds and fraction optional),
 # optionally an offset. Groups: y m d H M S frac tz.
@@ -168,7 +169,11 @@ def to_boolean(arr: pa.Array) -> Coerced:
         ok = pc.is_in(arr, pa.array([0, 1], arr.type))
         out = pc.if_else(ok, pc.equal(arr, 1), pa.scalar(None, pa.bool_()))
         return Coerced(out, _bad_where(out, arr))
-    text = pc.utf8_lower(pc.utf8_trim_whitespace(_as_text(arr)))
+    text = _as_text(arr)
+    if pc.is_in(text, _PLAIN).true_count == len(text) - text.null_count:
+        # every value spelled ``true`` or ``false``, as exports mostly write them: 2 kernels, not 8
+        return Coerced(pc.equal(text, _PLAIN[0]), all_false(len(arr)))
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(text))
     is_true = pc.is_in(text, pa.array(_TRUE))
     is_false = pc.is_in(text, pa.array(_FALSE))
     out = pc.if_else(is_true, True, pc.if_else(is_false, False, pa.scalar(None, pa.bool_())))

@@ -117,6 +117,15 @@ def test_boolean_refuses_other_words_but_not_nulls() -> None:
     assert ints.bad.to_pylist() == [False, False, True]
 
 
+def test_plain_spellings_give_what_the_general_path_gives() -> None:
+    plain = ["true", None, "false", "false", "true"]
+    fast = coerce.to_boolean(_texts(plain))  # every value plain: the two-kernel path
+    general = coerce.to_boolean(_texts([*plain, " Yes"]))  # one other spelling: the general path
+    assert fast.values.to_pylist() == general.values.to_pylist()[:5] == [True, None, False, False, True]
+    assert fast.bad.to_pylist() == general.bad.to_pylist()[:5] == [False] * 5
+    assert coerce.to_boolean(_texts([None, None])).values.to_pylist() == [None, None]
+
+
 def test_integer_spellings() -> None:
     got = coerce.to_integer(
         _texts(["12", "+12", "-3", "12.0", "12.5", "1e3", "abc", "99999999999999999999", None])
