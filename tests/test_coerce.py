@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulkd import coerce
@@ -268,3 +268,28 @@ def test_without_dictionaries_decodes_inside_structs_and_lists() -> None:
     assert decoded.column(0).to_pylist() == [["VIC"], [None, "NSW"], []]
     assert decoded.column(1).to_pylist() == [{"state": "VIC"}, {"state": None}, {"state": "NSW"}]
     assert coerce.without_dictionaries(pa.large_list(pa.int8())) == pa.large_list(pa.int8())
+
+
+# Numbers as exports spell them, and what sits near them: signs, exponents, spaces, NaN and
+# infinities in Arrow's spellings, separators, other scripts' digits, too many digits.
+_NUMERIC = st.lists(
+    st.one_of(
+        st.none(),
+        st.text(alphabet=st.sampled_from("0123456789+-.eE"), max_size=8),
+        st.text(alphabet=st.sampled_from("01.e+- naifINAFxp_,٣"), max_size=6),
+        st.sampled_from(["nan", "-inf", "Infinity", "1" * 19, "0" * 19 + "7", "-" + "9" * 19, " 7 ", "0x10"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_NUMERIC)
+def test_numbers_read_by_arrow_alone_are_what_the_general_path_reads(values: list[str | None]) -> None:
+    text = pa.array([v if v else None for v in values], pa.string())  # empty cells arrive as nulls
+    fast, general = coerce.to_number(text), coerce._floats_from_text(text)
+    general_ok = pc.if_else(pc.is_finite(general), general, pa.scalar(None, pa.float64()))
+    assert fast.values.to_pylist() == general_ok.to_pylist()
+    ints, general_ints = coerce.to_integer(text), coerce._integers_from_text(text)
+    assert ints.values.to_pylist() == general_ints.values.to_pylist()
+    assert ints.bad.to_pylist() == general_ints.bad.to_pylist()
