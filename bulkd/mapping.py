@@ -280,11 +280,12 @@ class _Normalizer:
             arrays.append(value)
         if not arrays:
             return pa.array([{}] * n, pa.struct([]))
+        if not path:  # a record is there even when every field is empty
+            return pa.StructArray.from_arrays(arrays, names=names)
         present = arrays[0].is_valid()
         for arr in arrays[1:]:
             present = pc.or_(present, arr.is_valid())
-        mask = None if not path else pc.invert(present)
-        return pa.StructArray.from_arrays(arrays, names=names, mask=mask)
+        return pa.StructArray.from_arrays(arrays, names=names, mask=pc.invert(present))
 
     def value(self, shape: Shape, arr: pa.Array, path: Path, to_top: pa.Int64Array | None) -> pa.Array:
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
