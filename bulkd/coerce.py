@@ -311,9 +311,15 @@ def _fixed_form(arr: pa.Array, template: str) -> tuple[np.ndarray, np.ndarray] |
     if k == 0:
         return np.zeros((0, int(at_digit.sum())), dtype=np.int32), present
     buffer = np.frombuffer(data, dtype=np.uint8)
-    if k == n or not lengths[~present].any():  # present values end to end: no gather
-        raw = buffer[int(ends[0]) : int(ends[0]) + width * k].reshape(k, width)
-    else:  # null slots that still hold bytes (a struct's nulls pushed down to its fields)
+    filled = lengths != 0
+    if (lengths[filled] == width).all():
+        # Every slot holding bytes holds a whole value, so they lie end to end: a reshape, no
+        # gather. Null slots may hold bytes too (values a coercion refused, or a struct's nulls
+        # pushed down to its fields); their rows are left out.
+        start = int(ends[0])
+        whole = buffer[start : start + width * int(np.count_nonzero(filled))].reshape(-1, width)
+        raw = whole if k == len(whole) else whole[present[filled]]
+    else:
         raw = buffer[ends[:-1][present][:, None] + np.arange(width)]
     digits = raw[:, at_digit] - np.uint8(48)  # bytes below '0' wrap around above 9
     if (digits > 9).any() or not (raw[:, ~at_digit] == form[~at_digit]).all():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -215,6 +217,26 @@ def test_date_fast_path_reads_around_null_slots_that_hold_bytes() -> None:
     assert fast is not None
     assert fast.tolist() == [True, False, True, False]
     assert coerce.to_date(flat).values.to_pylist() == ["1990-01-01", None, "2000-02-29", None]
+
+
+@given(st.lists(_DATE_LIKE, max_size=30), st.data())
+def test_date_fast_path_reads_past_any_null_slots_that_hold_bytes(
+    cells: list[str | None], data: st.DataObject
+) -> None:
+    hidden = data.draw(st.lists(st.booleans(), min_size=len(cells), max_size=len(cells)))
+    parent = pa.StructArray.from_arrays([_texts(cells)], names=["d"], mask=pa.array(hidden, pa.bool_()))
+    start = data.draw(st.integers(0, len(cells)))
+    flat = parent.flatten()[0].slice(start)  # the struct's nulls pushed down, bytes kept
+    fast = coerce.iso_dates_ok(flat)
+    shown = [None if h else c for c, h in zip(cells, hidden, strict=True)][start:]
+    if all(c is None or re.fullmatch("[0-9]{4}-[0-9]{2}-[0-9]{2}", c) for c in shown):
+        assert fast is not None  # every present value has the fixed shape: the fast path answers
+    if fast is not None:
+        assert fast.tolist() == [c is not None and is_date(c) for c in shown]
+    refused = coerce.to_date(flat).values  # impossible dates become nulls that keep their bytes
+    again = coerce.iso_dates_ok(refused)
+    assert again is not None
+    assert again.tolist() == refused.is_valid().to_pylist()
 
 
 _DATETIME_LIKE = st.one_of(
