@@ -61,6 +61,9 @@ _STRUCTURED = (_SHAPE - {"type"}) | {"properties", "additionalProperties", "item
 
 _LAYOUTS_KEPT = 4096
 
+_REF_HOPS = 64
+"""References followed in a row before a chain counts as a cycle (and adds no fact)."""
+
 Test = Callable[[Any], Any]
 
 
@@ -71,7 +74,7 @@ class Place:
     makes the set of places as open as the data.
     """
 
-    __slots__ = ("_children", "_deep", "_items", "_root", "_schemas", "shallow", "tests")
+    __slots__ = ("_children", "_deep", "_items", "_others", "_root", "_schemas", "shallow", "tests")
 
     def __init__(self, root: dict[str, Any], schemas: list[dict[str, Any]]) -> None:
         self._root = root
@@ -79,6 +82,7 @@ class Place:
         self._children: dict[str, Place] = {}
         self._deep: dict[tuple[str, ...], tuple[tuple[str, Place], ...]] = {}
         self._items: Place | None = None
+        self._others: Place | None = None
         tests: dict[bytes, Test] = {}
         for schema in schemas:
             for keyword in _TESTS.intersection(schema):
@@ -91,6 +95,8 @@ class Place:
     def child(self, key: str) -> Place:
         place = self._children.get(key)
         if place is None:
+            if not any(key in schema.get("properties", ()) for schema in self._schemas):
+                return self._unnamed()  # kept once, not per key: keys come from the data
             found: list[dict[str, Any]] = []
             for schema in self._schemas:
                 properties = schema.get("properties", {})
@@ -99,6 +105,18 @@ class Place:
                 elif isinstance(schema.get("additionalProperties"), dict):
                     found.append(schema["additionalProperties"])
             place = self._children[key] = Place(self._root, _applying(self._root, found))
+        return place
+
+    def _unnamed(self) -> Place:
+        """The place of every key that no properties name: only ``additionalProperties`` reach it."""
+        place = self._others
+        if place is None:
+            found = [
+                s["additionalProperties"]
+                for s in self._schemas
+                if isinstance(s.get("additionalProperties"), dict)
+            ]
+            place = self._others = Place(self._root, _applying(self._root, found))
         return place
 
     def deep(self, layout: tuple[str, ...]) -> tuple[tuple[str, Place], ...]:
@@ -193,9 +211,11 @@ def _applying(root: dict[str, Any], schemas: list[Any]) -> list[dict[str, Any]]:
     stack = list(schemas)
     while stack:
         schema = stack.pop()
-        while isinstance(schema, dict) and "$ref" in schema:
+        for _ in range(_REF_HOPS):
+            if not (isinstance(schema, dict) and "$ref" in schema):
+                break
             schema = _target(root, schema["$ref"])
-        if not isinstance(schema, dict) or id(schema) in seen:
+        if not isinstance(schema, dict) or "$ref" in schema or id(schema) in seen:
             continue
         seen.add(id(schema))
         out.append(schema)
