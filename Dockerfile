@@ -21,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY bulkd ./bulkd
 # Every dependency ships manylinux wheels; the compiler is for bulkd's own C extensions, the
 # one-pass NDJSON writer (bulkd/_jsonl.c, ~4x faster encoding than the Arrow fallback) and the
-# pattern walk (bulkd/_match.c, ~3x faster than RE2), and stays in this stage.
+# pattern walk and cell census (bulkd/_match.c, ~3x faster than RE2), and stays in this stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \

@@ -10,3 +10,6 @@ def walk(
     start: int,
     out: object,
 ) -> None: ...
+def scan(
+    offsets: object, data: object, offset: int, length: int, below: int, empty: object
+) -> tuple[bool, bool, int, int]: ...

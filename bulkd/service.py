@@ -58,7 +58,7 @@ _UPLOAD_TUNING = tuple(
         & set(UploadSection.model_fields) - {"api_url", "token", "allowed_url_hosts", "require_https"}
     )
 )
-_NATIVE_PARTS = (("NDJSON writer", encode.NATIVE), ("pattern walk", patterns.NATIVE))
+_NATIVE_PARTS = (("NDJSON writer", encode.NATIVE), ("scans of cell bytes", patterns.NATIVE))
 """bulkd's optional C extensions, named as the start-up warning names a missing one."""
 _QUEUED_CONVERSIONS = 2
 """Jobs claimed beyond those converting: enough to keep converters busy, few enough to stay fair."""

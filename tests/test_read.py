@@ -19,10 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulkd.errors import InputError
 from bulkd.model import NDJSON_COLUMN, Reject, RejectRule
@@ -652,3 +655,35 @@ def test_ndjson_line_longer_than_several_blocks_is_skipped_not_buffered(tmp_path
 def test_nonsense_options_are_a_programming_error(tmp_path: Path, options: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="ReadOptions"):
         open_source(write(tmp_path, "x.csv", b"a\n1\n"), ReadOptions(**options))  # type: ignore[arg-type]
+
+
+_CELL_BYTES = st.binary(max_size=19) | st.sampled_from(
+    [b"", b"a\r\nb", b"\x00", b"\xc3\xa9t\xc3\xa9", b"\xff", b"\x0d"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_CELL_BYTES, min_size=3, max_size=3), max_size=40), st.data())
+def test_the_cell_census_in_c_and_in_numpy_agree(rows: list[list[bytes]], data: st.DataObject) -> None:
+    """One pass over a column's bytes (C) and numpy's reductions: same census, same checks (the
+    reader's columns hold no nulls: an empty cell is empty bytes)."""
+    from bulkd.read import _cells
+
+    columns = [pa.array([row[i] for row in rows], pa.binary()) for i in range(3)]
+    start = data.draw(st.integers(0, len(rows)))
+    raw = pa.RecordBatch.from_arrays(columns, names=["a", "b", "c"]).slice(start)
+    options = ReadOptions(max_field_bytes=data.draw(st.sampled_from([4, 1000])), max_line_bytes=30)
+    results = []
+    for native in (_cells._match, None):
+        _cells_module_match, _cells._match = _cells._match, native
+        try:
+            censuses = []
+            for below in (1, 14):
+                empty = np.ones(raw.num_rows, dtype=np.uint8)
+                censuses.append(([_cells._census(c, below, empty) for c in raw.columns], empty.tolist()))
+            checks = _cells.CellChecks(raw, ("a", "b", "c"), options)
+            outcome = (checks.breaks.tolist(), checks.blank.tolist(), checks.keep.tolist())
+            results.append((censuses, outcome, checks.rejects("in.csv", np.arange(raw.num_rows) + 2)))
+        finally:
+            _cells._match = _cells_module_match
+    assert results[0] == results[1]

@@ -374,6 +374,6 @@ def test_without_the_c_extensions_the_daemon_warns_and_delivers_the_same(tmp_pat
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "C NDJSON writer and pattern walk were not built" in proc.stderr
+    assert "C NDJSON writer and scans of cell bytes were not built" in proc.stderr
     [report] = load_reports(daemon.done).values()
     assert (report["state"], report["records"], report["rejected"]) == ("archived", 37, 3)

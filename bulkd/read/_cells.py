@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,11 @@ import pyarrow as pa
 from bulkd.model import Reject, RejectRule
 from bulkd.read._base import ReadOptions
 
+try:
+    from bulkd import _match
+except ImportError:  # built without a C compiler: numpy takes the census
+    _match = None  # type: ignore[assignment]
+
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
@@ -19,6 +25,37 @@ def _offsets(column: Any) -> npt.NDArray[np.int32]:
     """The int32 offsets of a binary array, zero-copy."""
     n = len(column)
     return np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
+
+
+@dataclass(frozen=True, slots=True)
+class _Census:
+    """What one pass over a binary column's cells tells the checks."""
+
+    high: bool
+    """Some byte is 0x80 or more: the column needs UTF-8 validation."""
+    low: bool
+    """Some byte is under the control threshold: line breaks to count, or NUL."""
+    longest: int
+    total: int
+
+
+def _census(column: Any, below: int, empty: npt.NDArray[np.uint8]) -> _Census:
+    """Take a column's census, and clear ``empty`` for each row whose cell holds bytes.
+
+    In C when built (``_match.scan``: one pass, without the GIL); numpy otherwise.
+    """
+    n = len(column)
+    _validity, offsets_buffer, data = column.buffers()
+    if _match is not None and n:
+        high, low, longest, total = _match.scan(offsets_buffer, data or b"", column.offset, n, below, empty)
+        return _Census(high, low, longest, total)
+    offsets = _offsets(column)
+    sizes = np.diff(offsets)
+    empty &= sizes == 0
+    values = np.frombuffer(data or b"", dtype=np.uint8)[offsets[0] : offsets[-1]] if n else offsets[:0]
+    if not values.size:
+        return _Census(False, False, int(sizes.max(initial=0)), 0)
+    return _Census(bool(values.max() >= 0x80), bool(values.min() < below), int(sizes.max()), values.size)
 
 
 class CellChecks:
@@ -40,20 +77,21 @@ class CellChecks:
         self.breaks = np.zeros(n, dtype=np.int64)
         self._bad: dict[int, tuple[str | None, RejectRule, str]] = {}
         self._strings: list[Any] = []
-        offsets = [_offsets(column) for column in raw.columns]
-        whole_rows = not lines_mode and sum(int(o[-1] - o[0]) for o in offsets) > options.max_line_bytes
+        below = 1 if lines_mode else 14  # NUL; or NUL and the line breaks, which are counted
+        empty = np.ones(n, dtype=np.uint8)  # rows whose cells are all empty so far
+        censuses = [_census(column, below, empty) for column in raw.columns]
+        whole_rows = not lines_mode and sum(c.total for c in censuses) > options.max_line_bytes
         row_bytes = np.zeros(n, dtype=np.int64)
-        blank: Ints = np.arange(n, dtype=np.int64)  # rows whose cells are all empty so far
-        for name, column, offs in zip(names, raw.columns, offsets, strict=True):
-            if whole_rows or offs[-1] - offs[0] > self._limit:
-                lengths = np.diff(offs).astype(np.int64)
+        for name, column, census in zip(names, raw.columns, censuses, strict=True):
+            if whole_rows or census.longest > self._limit:
+                lengths = np.diff(_offsets(column)).astype(np.int64)
                 self._check_lengths(name, lengths)
                 row_bytes += lengths
-            blank = blank[offs[blank + 1] == offs[blank]]
-            self._check_column(name, column, offs)
+            self._check_column(name, column, census)
         for row in np.flatnonzero(row_bytes > options.max_line_bytes).tolist():
             msg = f"row is {int(row_bytes[row])} bytes, over the {options.max_line_bytes}-byte limit"
             self._bad.setdefault(row, (None, RejectRule.LINE_TOO_LARGE, msg))
+        blank: Ints = np.flatnonzero(empty)
         self.blank = blank
         """Rows whose cells are all empty: a blank line, or (CSV) a row of empty cells."""
         self.keep: Bools = np.ones(n, dtype=np.bool_)
@@ -71,16 +109,13 @@ class CellChecks:
             msg = f"{what} is {int(lengths[row])} bytes, over the {self._limit}-byte limit"
             self._bad.setdefault(row, (None if self._lines_mode else name, rule, msg))
 
-    def _check_column(self, name: str, column: Any, offsets: npt.NDArray[np.int32]) -> None:
+    def _check_column(self, name: str, column: Any, census: _Census) -> None:
         """Control bytes (line breaks, NUL) and UTF-8; pure ASCII needs no UTF-8 validation at all."""
-        values_buffer = column.buffers()[2]
-        ascii_only = True
-        if values_buffer is not None and offsets[-1] > offsets[0]:
-            values = np.frombuffer(values_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
-            if values.min() <= (0 if self._lines_mode else 13):
-                self._check_controls(name, values, offsets)
-            ascii_only = bool(values.max() < 0x80)
-        if ascii_only:
+        if census.low:
+            offsets = _offsets(column)
+            values = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+            self._check_controls(name, values, offsets)
+        if not census.high:
             self._strings.append(column.view(pa.string()))
             return
         try:
