@@ -16,6 +16,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bulkd.buffers import value_bytes, value_offsets
+
 __all__ = [
     "Coerced",
     "DateTimeStyle",
@@ -80,7 +82,7 @@ def empty_to_null(arr: pa.Array) -> pa.Array:
         return arr
     n, start = len(arr), arr.offset
     _validity, offsets, data = arr.buffers()
-    ends = _ends(arr)
+    ends = value_offsets(arr)
     keep = ends[1:] != ends[:-1]
     if arr.null_count:
         keep &= arr.is_valid().to_numpy(zero_copy_only=False)
@@ -151,12 +153,9 @@ def to_email(arr: pa.Array) -> Coerced:
 
 def _plain_lower_ascii(arr: pa.Array) -> bool:
     """Whether every byte of the string array is printable ASCII (no space) and not ``A``-``Z``."""
-    data = arr.buffers()[2]
-    ends = _ends(arr)
-    lo, hi = int(ends[0]), int(ends[-1])
-    if hi == lo:
+    raw = value_bytes(arr)
+    if not raw.size:
         return True
-    raw = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)
     return bool(raw.min() > 0x20 and raw.max() < 0x7F and not ((raw >= 0x41) & (raw <= 0x5A)).any())
 
 
@@ -202,15 +201,11 @@ def to_integer(arr: pa.Array) -> Coerced:
 def _plain_integers(text: pa.Array) -> bool:
     """Whether every value is at most 19 bytes of ASCII digits and ``-``, which Arrow's cast reads
     as the general path would. Beyond them it also reads ``0x1F`` and 20 digits or more."""
-    if len(text) == 0:
-        return True
-    ends = _ends(text)
-    if int(np.diff(ends).max()) > 19:
+    if len(text) and int(np.diff(value_offsets(text)).max()) > 19:
         return False
-    lo, hi = int(ends[0]), int(ends[-1])
-    if hi == lo:
+    raw = value_bytes(text)
+    if not raw.size:
         return True
-    raw = np.frombuffer(text.buffers()[2], dtype=np.uint8, count=hi - lo, offset=lo)
     return bool(raw.min() >= 0x2D and raw.max() <= 0x39 and not ((raw == 0x2E) | (raw == 0x2F)).any())
 
 
@@ -222,11 +217,6 @@ def _integers_from_text(text: pa.Array) -> Coerced:
     candidate = pc.if_else(shaped, digits, pa.scalar(None, pa.string()))
     ints = _cast_or_null(candidate, pa.int64())
     return Coerced(ints, _bad_where(ints, text))
-
-
-def _ends(text: pa.Array) -> np.ndarray:
-    """The ``len + 1`` offsets of a ``pa.string()`` array, zero-copy."""
-    return np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=text.offset * 4)
 
 
 def _cast_or_null(text: pa.Array, target: pa.DataType) -> pa.Array:
@@ -300,7 +290,7 @@ def _fixed_form(arr: pa.Array, template: str) -> tuple[np.ndarray, np.ndarray] |
         return None
     n, width = len(arr), len(template)
     data = arr.buffers()[2]
-    ends = _ends(arr)
+    ends = value_offsets(arr)
     lengths = np.diff(ends)
     present = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else np.ones(n, np.bool_)
     if not (lengths[present] == width).all():

@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bulkd.buffers import value_bytes, value_offsets
 from bulkd.coerce import DateTimeStyle, to_date, to_datetime, without_dictionaries
 
 try:
@@ -149,11 +150,11 @@ def _lines(lines: pa.Array) -> EncodedRows:
     """The contiguous bytes of ``lines`` (each ending in a newline) with rebased offsets."""
     if pa.types.is_large_string(lines.type):
         lines = lines.cast(pa.string())
-    _validity, offsets_buf, data_buf = lines.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
-    base = int(offsets[0]) if len(offsets) else 0
+    data_buf = lines.buffers()[2]
+    offsets = value_offsets(lines)
+    base = int(offsets[0])
     rebased = offsets.astype(np.int64) - base
-    end = int(rebased[-1]) if len(rebased) else 0
+    end = int(rebased[-1])
     data = data_buf.slice(base, end) if data_buf is not None else pa.py_buffer(b"")
     return EncodedRows(data=data, offsets=rebased, count=len(lines))
 
@@ -274,7 +275,7 @@ def _list_items(arr: pa.ListArray) -> tuple[pa.Array, int]:
     value of the first: both encoders prepare those items only, not the whole child."""
     if len(arr) == 0:
         return arr.values.slice(0, 0), 0
-    ends = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    ends = value_offsets(arr)
     base = int(ends[0])
     return arr.values.slice(base, int(ends[-1]) - base), base
 
@@ -293,13 +294,9 @@ def _escaped(arr: pa.Array) -> pa.Array:
     """String values with JSON escapes applied (without quotes); a scan of the bytes finds the rare ones."""
     if pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.string())
-    _validity, offsets, data = arr.buffers()
-    if data is None or len(arr) == 0:
+    raw = value_bytes(arr)
+    if not raw.size:
         return arr
-    ends = np.frombuffer(offsets, dtype=np.int32, count=2, offset=arr.offset * 4)
-    lo = int(ends[0])
-    hi = int(np.frombuffer(offsets, dtype=np.int32, count=1, offset=(arr.offset + len(arr)) * 4)[0])
-    raw = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)
     if not ((raw < 0x20).any() or (raw == _QUOTE).any() or (raw == _BACKSLASH).any()):
         return arr  # three compare passes: ten times faster than a byte-table lookup
     needs = pc.fill_null(pc.match_substring_regex(arr, _NEEDS_ESCAPE_RE), False)

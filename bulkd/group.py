@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import ipc
 
+from bulkd.buffers import value_bytes, value_offsets
 from bulkd.mapping import MappedBatch
 from bulkd.model import Reject, RejectRule
 from bulkd.schemas import ArrayGrouping
@@ -152,12 +153,11 @@ def _key_hash(keys: pa.Array) -> np.ndarray:
     """A stable hash of each (non-empty) key's bytes, computed in numpy: position-weighted byte sums."""
     if pa.types.is_large_string(keys.type):
         keys = keys.cast(pa.string())
-    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32, count=len(keys) + 1, offset=keys.offset * 4)
-    data = keys.buffers()[2]
+    offsets = value_offsets(keys)
     lo, hi = int(offsets[0]), int(offsets[-1])
-    if data is None or hi == lo:
+    if hi == lo:
         return np.zeros(len(keys), dtype=np.uint64)
-    raw = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo).astype(np.uint64)
+    raw = value_bytes(keys).astype(np.uint64)
     lengths = np.diff(offsets).astype(np.int64)
     pos = np.arange(hi - lo, dtype=np.uint64) - np.repeat((offsets[:-1] - lo).astype(np.uint64), lengths)
     weighted = raw * (pos * np.uint64(2654435761) + np.uint64(40503))

@@ -25,6 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bulkd.buffers import value_offsets
 from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter
 from bulkd.documents import DocumentMapper
 from bulkd.encode import EncodedRows, encode_ndjson, to_ndjson
@@ -355,7 +356,7 @@ def _total_bytes(data: pa.RecordBatch) -> int | None:
     column has nulls (a null's slot may span bytes, which do not count)."""
     total = 0
     for column in data.columns:
-        offsets = _offsets(column, data.num_rows)
+        offsets = _offsets(column)
         if offsets is None:
             total += 8 * data.num_rows
         elif column.null_count:
@@ -365,14 +366,12 @@ def _total_bytes(data: pa.RecordBatch) -> int | None:
     return total
 
 
-def _offsets(column: pa.Array, n: int) -> np.ndarray[Any, Any] | None:
-    """A text or binary column's ``n + 1`` offsets (zero-copy); None for other columns."""
+def _offsets(column: pa.Array) -> np.ndarray[Any, Any] | None:
+    """A text or binary column's offsets; None for other columns."""
     kind = column.type
-    if not (pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind)):
-        return None
-    wide = pa.types.is_large_string(kind)
-    dtype, width = (np.int64, 8) if wide else (np.int32, 4)
-    return np.frombuffer(column.buffers()[1], dtype=dtype, count=n + 1, offset=column.offset * width)
+    if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind):
+        return value_offsets(column)
+    return None
 
 
 def _row_bytes(data: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -381,7 +380,7 @@ def _row_bytes(data: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.int64]]:
     sizes = np.zeros(n, dtype=np.int64)
     for column in data.columns:
         # From the offsets (a numpy diff) rather than a length kernel per column.
-        offsets = _offsets(column, n)
+        offsets = _offsets(column)
         if offsets is None:
             sizes += 8
             continue

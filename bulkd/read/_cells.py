@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from bulkd.buffers import value_bytes, value_offsets
 from bulkd.model import Reject, RejectRule
 from bulkd.read._base import ReadOptions
 
@@ -19,12 +20,6 @@ except ImportError:  # built without a C compiler: numpy takes the census
 
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
-
-
-def _offsets(column: Any) -> npt.NDArray[np.int32]:
-    """The int32 offsets of a binary array, zero-copy."""
-    n = len(column)
-    return np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +44,9 @@ def _census(column: Any, below: int, empty: npt.NDArray[np.uint8]) -> _Census:
     if _match is not None and n:
         high, low, longest, total = _match.scan(offsets_buffer, data or b"", column.offset, n, below, empty)
         return _Census(high, low, longest, total)
-    offsets = _offsets(column)
-    sizes = np.diff(offsets)
+    sizes = np.diff(value_offsets(column))
     empty &= sizes == 0
-    values = np.frombuffer(data or b"", dtype=np.uint8)[offsets[0] : offsets[-1]] if n else offsets[:0]
+    values = value_bytes(column)
     if not values.size:
         return _Census(False, False, int(sizes.max(initial=0)), 0)
     return _Census(bool(values.max() >= 0x80), bool(values.min() < below), int(sizes.max()), values.size)
@@ -84,7 +78,7 @@ class CellChecks:
         row_bytes = np.zeros(n, dtype=np.int64)
         for name, column, census in zip(names, raw.columns, censuses, strict=True):
             if whole_rows or census.longest > self._limit:
-                lengths = np.diff(_offsets(column)).astype(np.int64)
+                lengths = np.diff(value_offsets(column)).astype(np.int64)
                 self._check_lengths(name, lengths)
                 row_bytes += lengths
             self._check_column(name, column, census)
@@ -112,9 +106,7 @@ class CellChecks:
     def _check_column(self, name: str, column: Any, census: _Census) -> None:
         """Control bytes (line breaks, NUL) and UTF-8; pure ASCII needs no UTF-8 validation at all."""
         if census.low:
-            offsets = _offsets(column)
-            values = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-            self._check_controls(name, values, offsets)
+            self._check_controls(name, value_bytes(column), value_offsets(column))
         if not census.high:
             self._strings.append(column.view(pa.string()))
             return
