@@ -32,7 +32,9 @@ from typing import Any
 import fastjsonschema
 import orjson
 
+from bulkd.errors import SchemaError
 from bulkd.formats import FORMAT_CHECKERS
+from bulkd.schemas import resolve_ref
 
 __all__ = ["Place", "plan_for", "record_facts"]
 
@@ -60,9 +62,6 @@ _STRUCTURED = (_SHAPE - {"type"}) | {"properties", "additionalProperties", "item
 """Keywords that look inside an object or array, or at its keys or length."""
 
 _LAYOUTS_KEPT = 4096
-
-_REF_HOPS = 64
-"""References followed in a row before a chain counts as a cycle (and adds no fact)."""
 
 Test = Callable[[Any], Any]
 
@@ -172,7 +171,10 @@ def plan_for(schema: dict[str, Any]) -> Place | None:
 def _plan(text: bytes) -> Place | None:
     """Cached by content, like the compiled validators: a daemon converts many files of a type."""
     root = orjson.loads(text)
-    if not all(_followable(s) for s in _reachable(root)):
+    try:
+        if not all(_followable(s) for s in _reachable(root)):
+            return None
+    except (SchemaError, KeyError, TypeError):  # a remote, missing or circular reference
         return None
     return Place(root, _applying(root, [root]))
 
@@ -196,7 +198,7 @@ def _reachable(root: dict[str, Any]) -> Iterator[dict[str, Any]]:
         seen.add(id(schema))
         yield schema
         if "$ref" in schema:
-            stack.append(_target(root, schema["$ref"]))
+            stack.append(resolve_ref(root, schema))
         stack.extend(schema.get("properties", {}).values())
         stack.extend(schema.get(k) for k in ("additionalProperties", "items", "not"))
         for keyword in ("anyOf", "allOf", "oneOf"):
@@ -211,11 +213,9 @@ def _applying(root: dict[str, Any], schemas: list[Any]) -> list[dict[str, Any]]:
     stack = list(schemas)
     while stack:
         schema = stack.pop()
-        for _ in range(_REF_HOPS):
-            if not (isinstance(schema, dict) and "$ref" in schema):
-                break
-            schema = _target(root, schema["$ref"])
-        if not isinstance(schema, dict) or "$ref" in schema or id(schema) in seen:
+        if isinstance(schema, dict):
+            schema = resolve_ref(root, schema)  # every reference was followed once by _reachable
+        if not isinstance(schema, dict) or id(schema) in seen:
             continue
         seen.add(id(schema))
         out.append(schema)
@@ -224,15 +224,6 @@ def _applying(root: dict[str, Any], schemas: list[Any]) -> list[dict[str, Any]]:
         if "not" in schema:
             stack.append(schema["not"])
     return out
-
-
-def _target(root: dict[str, Any], ref: Any) -> Any:
-    if not isinstance(ref, str) or not ref.startswith("#/"):
-        return None  # the compiled validator refuses these schemas long before
-    target: Any = root
-    for part in ref[2:].split("/"):
-        target = target.get(part) if isinstance(target, dict) else None
-    return target
 
 
 @cache

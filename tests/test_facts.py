@@ -172,3 +172,16 @@ def test_keys_no_property_names_share_one_place() -> None:
     custom = place.child("custom_fields")
     assert custom.child("tier") is custom.child("a-key-seen-once")
     assert place.child("link") is place.child("link")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"a": {"$ref": "#/definitions/A"}}, "definitions": {"A": {"$ref": "#/definitions/A"}}},
+        {"properties": {"a": {"$ref": "https://example.com/a.json"}}},
+        {"properties": {"a": {"$ref": "#/definitions/Missing"}}, "definitions": {}},
+    ],
+    ids=["circular", "remote", "missing"],
+)
+def test_references_the_facts_cannot_follow_leave_no_plan(schema: dict[str, Any]) -> None:
+    assert plan_for(schema) is None
