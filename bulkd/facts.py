@@ -34,7 +34,7 @@ import orjson
 
 from bulkd.errors import SchemaError
 from bulkd.formats import FORMAT_CHECKERS
-from bulkd.schemas import resolve_ref
+from bulkd.schemas import ANNOTATIONS, resolve_ref
 
 __all__ = ["Place", "plan_for", "record_facts"]
 
@@ -51,12 +51,7 @@ _SHAPE = frozenset({"type", "required", "minProperties", "maxProperties", "minIt
 
 _NESTED = frozenset({"properties", "additionalProperties", "items", "anyOf", "allOf", "oneOf", "not"})
 
-_NOTES = frozenset(
-    {"$schema", "$id", "$comment", "title", "description", "default", "examples", "definitions"}
-)
-"""Keywords that validate nothing (``default`` too: the validator is compiled without defaults)."""
-
-_KNOWN = _TESTS | _SHAPE | _NESTED | _NOTES
+_KNOWN = _TESTS | _SHAPE | _NESTED | ANNOTATIONS
 
 _STRUCTURED = (_SHAPE - {"type"}) | {"properties", "additionalProperties", "items"}
 """Keywords that look inside an object or array, or at its keys or length."""
@@ -182,7 +177,7 @@ def _plan(text: bytes) -> Place | None:
 def _followable(schema: dict[str, Any]) -> bool:
     if not set(schema) <= _KNOWN | {"$ref"}:
         return False
-    if "$ref" in schema and not set(schema) <= _NOTES | {"$ref"}:
+    if "$ref" in schema and not set(schema) <= ANNOTATIONS | {"$ref"}:
         return False  # draft 7 ignores a reference's siblings, but not every validator does
     return not isinstance(schema.get("items"), list)  # tuple-style items: positions matter
 

@@ -67,6 +67,9 @@ def shape_for_type(name: str) -> Shape:
 def shape_of(root: dict[str, Any], node: dict[str, Any] | None = None, name: str = "") -> Shape:
     """Derive the shape of ``node`` (default: the whole schema ``root``)."""
     node = resolve_ref(root, root if node is None else node)
+    wrapped = node.get("allOf", ())
+    if len(wrapped) == 1 and "type" not in node:  # the type comes from the one form
+        return shape_of(root, wrapped[0], name)
     variants = node.get("anyOf") or node.get("oneOf")
     if variants:
         return _union(root, [resolve_ref(root, v) for v in variants], name)

@@ -28,7 +28,7 @@ from bulkd.facts import plan_for, record_facts
 from bulkd.formats import DATE_RE, DATETIME_RE, FORMAT_CHECKERS, URI_RE
 from bulkd.model import Reject
 from bulkd.patterns import search_cells
-from bulkd.schemas import RecordType, resolve_ref
+from bulkd.schemas import ANNOTATIONS, RecordType, resolve_ref
 
 __all__ = [
     "FastChecker",
@@ -69,10 +69,9 @@ def _compile(_source: str, record_type: RecordType) -> RecordValidator:
 # --------------------------------------------------------------------------- fast path
 
 _FORMAT_RES = {"date": DATE_RE, "date-time": DATETIME_RE, "uri": URI_RE}
-_HANDLED = frozenset(
+_HANDLED = ANNOTATIONS | frozenset(
     {
-        "$ref", "$schema", "$comment", "$id", "title", "description", "examples", "default",
-        "type", "properties", "required", "additionalProperties", "definitions", "items",
+        "$ref", "type", "properties", "required", "additionalProperties", "items",
         "enum", "anyOf", "allOf", "pattern", "minLength", "maxLength", "format",
         "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
     }

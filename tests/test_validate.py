@@ -154,3 +154,23 @@ def test_pattern_checks_agree_with_and_without_the_native_walk(monkeypatch: pyte
     assert FastChecker(record_type).check(records).to_pylist() == native
     assert native == _compiled_ok(record_type, _texts(records))
     assert native.count(True) == len(EMAILS[0]) + 1  # the valid spellings and the null
+
+
+def test_an_allof_wrapper_with_its_own_keywords_is_checked_by_the_fast_path() -> None:
+    """A wrapper of one form is only skipped when it carries nothing but annotations: its own
+    ``minLength`` once went unchecked, and the fast path passed what the validator refuses."""
+    from bulkd.shape import Kind, shape_of
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "code": {"allOf": [{"type": "string"}], "minLength": 3},
+            "note": {"allOf": [{"type": "string"}], "description": "a plain wrapper"},
+        },
+    }
+    record_type = RecordType(name="wrapped", schema=schema, source="test:wrapped")
+    records = pa.array([{"code": "x", "note": "n"}, {"code": "xyz", "note": "n"}])
+    assert FastChecker(record_type).check(records).to_pylist() == [False, True]
+    assert _compiled_ok(record_type, _texts(records)) == [False, True]
+    shape = shape_of(schema)  # the mapping still reads each wrapper's type from its form
+    assert [shape.children[k].kind for k in ("code", "note")] == [Kind.STRING, Kind.STRING]

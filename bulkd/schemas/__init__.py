@@ -90,8 +90,16 @@ def object_array_properties(schema: dict[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "title", "description", "default", "examples", "definitions"}
+)
+"""Keywords that validate nothing (``default`` neither: validators are compiled without defaults)."""
+
+
 def resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    """Follow local ``#/definitions/...`` references (and single-element ``allOf`` wrappers)."""
+    """Follow local ``#/definitions/...`` references, and ``allOf`` wrappers of one form that
+    carry nothing else but annotations (a wrapper with its own keywords is a schema of its own:
+    dropping them let the fast path pass values the compiled validator refuses)."""
     seen = 0
     while True:
         if "$ref" in node:
@@ -102,7 +110,7 @@ def resolve_ref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
             for part in ref[2:].split("/"):
                 target = target[part]
             node = target
-        elif "allOf" in node and len(node["allOf"]) == 1 and "type" not in node:
+        elif "allOf" in node and len(node["allOf"]) == 1 and set(node) <= ANNOTATIONS | {"allOf"}:
             node = node["allOf"][0]
         else:
             return node
