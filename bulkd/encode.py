@@ -148,8 +148,6 @@ def to_ndjson(rows: pa.StringArray) -> EncodedRows:
 
 def _lines(lines: pa.Array) -> EncodedRows:
     """The contiguous bytes of ``lines`` (each ending in a newline) with rebased offsets."""
-    if pa.types.is_large_string(lines.type):
-        lines = lines.cast(pa.string())
     data_buf = lines.buffers()[2]
     offsets = value_offsets(lines)
     base = int(offsets[0])

@@ -151,8 +151,6 @@ def _reasons(mapped: MappedBatch) -> pa.Array:
 
 def _key_hash(keys: pa.Array) -> np.ndarray:
     """A stable hash of each (non-empty) key's bytes, computed in numpy: position-weighted byte sums."""
-    if pa.types.is_large_string(keys.type):
-        keys = keys.cast(pa.string())
     offsets = value_offsets(keys)
     lo, hi = int(offsets[0]), int(offsets[-1])
     if hi == lo:

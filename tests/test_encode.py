@@ -408,3 +408,12 @@ def test_native_writer_refuses_list_offsets_past_the_child() -> None:
     spec = (0, None, 0, ((b'"l":', (5, None, 0, offsets, child, 3, 0)),))
     with pytest.raises(ValueError, match="past the child"):
         _jsonl.encode(spec, 2, None)
+
+
+def test_lines_of_large_strings_are_the_lines_of_strings() -> None:
+    from bulkd.encode import _lines
+
+    lines = pa.array(["a\n", "bc\n", "\n", 'd"\n']).slice(1)
+    plain, large = _lines(lines), _lines(lines.cast(pa.large_string()))
+    assert bytes(large.data) == bytes(plain.data) == b'bc\n\nd"\n'
+    assert large.offsets.tolist() == plain.offsets.tolist() == [0, 3, 4, 7]

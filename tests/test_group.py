@@ -124,3 +124,13 @@ def test_one_bad_line_rejects_its_whole_purchase(
     assert rejects[8]["rule"] == "minimum"  # quantity 0: refused by the schema, for the whole group
     assert result.rows == 7
     assert result.rows == result.rows_delivered + result.rejected
+
+
+def test_key_hashes_read_large_strings_as_they_read_strings() -> None:
+    import pyarrow as pa
+
+    from bulkd.group import _key_hash
+
+    keys = pa.array(["P1", "", "P22", None, "abc"] * 3).slice(2)
+    assert _key_hash(keys).tolist() == _key_hash(keys.cast(pa.large_string())).tolist()
+    assert len(set(_key_hash(pa.array(["P1", "P2", "1P"])).tolist())) == 3
