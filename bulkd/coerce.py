@@ -210,7 +210,7 @@ def _plain_integers(text: pa.Array) -> bool:
 
 
 def _integers_from_text(text: pa.Array) -> Coerced:
-    """:func:`to_integer` for any text (the regular expressions cost ~0.1 µs a value)."""
+    """:func:`to_integer` for any text: ~130 ns a value against ~8 ns for the cast alone."""
     text = pc.utf8_trim_whitespace(text)
     shaped = pc.match_substring_regex(text, r"^[+-]?\d{1,19}(?:\.0*)?$")
     digits = pc.replace_substring_regex(pc.replace_substring_regex(text, r"\.0*$", ""), r"^\+", "")

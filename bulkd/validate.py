@@ -467,7 +467,8 @@ class RecordChecker:
 
 
 _KINDS_KEPT = 1024
-"""Kinds of record whose explanation is kept (a few KB each); a file has a handful, usually."""
+"""Kinds of record whose explanation is kept (a customer record's facts take ~3 KB); a file has a
+handful, usually."""
 
 
 @dataclass(frozen=True, slots=True)
