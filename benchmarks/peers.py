@@ -430,17 +430,21 @@ LIMIT_BLOCK_BYTES = 8 << 20
 
 
 def gzip_seconds(ref: Path, level: int) -> tuple[float, int, int]:
-    """Seconds bulkd's own deflate (``bulkd.chunk.deflate_block``, the library and level its
-    ``gzip_level`` names) spends compressing ``ref`` in blocks, reads excluded; the gzip size;
-    the zlib level-6 size of the same bytes."""
-    from bulkd.chunk import deflate_block
+    """Seconds bulkd's own deflate (``bulkd.chunk.codec_for``: the codec its ``gzip_level``
+    gives each block in turn) spends compressing ``ref`` in blocks, reads excluded; the gzip
+    size; the zlib level-6 size of the same bytes."""
+    from bulkd.chunk import codec_for
 
     spent = 0.0
     size = 20  # gzip header, empty final block and trailer
     with open(ref, "rb") as f:
-        while block := f.read(LIMIT_BLOCK_BYTES):
+        for number in itertools.count():
+            block = f.read(LIMIT_BLOCK_BYTES)
+            if not block:
+                break
+            codec = codec_for(level, number)
             t0 = time.perf_counter()
-            size += len(deflate_block(block, level))
+            size += len(codec.deflate(block))
             spent += time.perf_counter() - t0
     z6 = zlib.compressobj(6, zlib.DEFLATED, 31)
     z6_size = 0

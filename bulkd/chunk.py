@@ -9,7 +9,8 @@ fsynced before anyone may upload it.
 A chunk is one gzip stream made of independently compressed blocks (as pigz does): each batch
 of records is deflated on its own and ends on a byte boundary (a sync flush), so batches can be
 compressed on several threads and concatenated in order; the trailer's CRC is combined from the
-blocks' CRCs. A block's bytes depend only on its records and the level, never on the thread.
+blocks' CRCs. A block's bytes depend only on its records, the level and its place in the file
+(:func:`codec_for`), never on the thread.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from bulkd.durable import crashpoint, declare_crashpoint, fsync_dir, temp_path_f
 from bulkd.encode import EncodedRows
 from bulkd.errors import ConfigError, StorageError
 
-__all__ = ["Block", "ChunkInfo", "ChunkLimits", "ChunkNaming", "ChunkWriter", "codec_name", "deflate_block"]
+__all__ = [
+    "Block",
+    "ChunkInfo",
+    "ChunkLimits",
+    "ChunkNaming",
+    "ChunkWriter",
+    "Codec",
+    "codec_for",
+    "codec_name",
+]
 
 CHUNK_RENAMED = declare_crashpoint("chunk.renamed")
 """A chunk file has its final name but nothing has recorded it yet."""
@@ -53,8 +63,8 @@ class ChunkLimits:
     """Uncompressed NDJSON bytes per chunk (the gzip file is typically 5-10x smaller)."""
     gzip_level: int = 3
     """0-3. Levels 0-2 are ISA-L's (fastest; level 2 is about 1.34x zlib level 6's size on
-    customer records). Level 3 is zlib-ng's level 3: about 1.23x zlib-6's size at a third of
-    ISA-L level 2's speed (ISA-L's own level 3 is as slow and no smaller). See benchmarks/README."""
+    customer records). Level 3 mixes two codecs block by block (see :func:`codec_for`): about
+    1.23x zlib-6's size, as zlib-ng's own level 3 gives, for ~27 % less CPU. See benchmarks/README."""
 
     def __post_init__(self) -> None:
         if self.max_records < 1:
@@ -122,18 +132,50 @@ class ChunkInfo:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One deflate library at one level."""
+
+    library: str
+    """``"ISA-L"`` or ``"zlib-ng"``."""
+    level: int
+
+    def deflate(self, data: bytes | memoryview) -> bytes:
+        """Raw deflate of ``data`` ending in a sync flush: a block that concatenates with others."""
+        module = isal_zlib if self.library == "ISA-L" else zlib_ng
+        deflater = module.compressobj(self.level, module.DEFLATED, _RAW_DEFLATE)
+        return b"".join((deflater.compress(data), deflater.flush(module.Z_SYNC_FLUSH)))
+
+    def __str__(self) -> str:
+        return f"{self.library} level {self.level}"
+
+
+_FAST = Codec("ISA-L", 2)
+_DENSE = Codec("zlib-ng", 5)
+_DENSE_SHARE = (3, 8)
+"""Level 3 deflates 3 blocks in every 8 with ``_DENSE`` and the rest with ``_FAST``.
+
+On customer records ISA-L 2 is 1.34x zlib-6's size at ~1.1 GB/s and zlib-ng 5 is 1.05x at
+~220 MB/s; 3 in 8 lands on 1.23x for 2.2 ns a byte. zlib-ng's own level 3 gives the same size
+for 3.1 ns a byte: it lies above the line between the two, as do zlib-ng 2 and 4 (measured in
+benchmarks/README). Which blocks are dense depends only on their place in the file, so the
+bytes stay the same on every run and thread count."""
+
+
+def codec_for(level: int, block: int) -> Codec:
+    """The codec of the file's ``block``-th unit (from 0) at ``gzip_level`` ``level``."""
+    if level < 3:
+        return Codec("ISA-L", level)
+    dense, period = _DENSE_SHARE
+    return _DENSE if block * dense % period < dense else _FAST
+
+
 def codec_name(level: int) -> str:
-    """Which library and level :func:`deflate_block` uses for a ``gzip_level`` (for reports)."""
-    return f"zlib-ng level {level}" if level >= 3 else f"ISA-L level {level}"
-
-
-def deflate_block(data: bytes | memoryview, level: int) -> bytes:
-    """Raw deflate of ``data`` ending in a sync flush: a block that concatenates with others."""
-    if level >= 3:
-        ng = zlib_ng.compressobj(level, zlib_ng.DEFLATED, _RAW_DEFLATE)
-        return b"".join((ng.compress(data), ng.flush(zlib_ng.Z_SYNC_FLUSH)))
-    fast = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _RAW_DEFLATE)
-    return b"".join((fast.compress(data), fast.flush(isal_zlib.Z_SYNC_FLUSH)))
+    """What a ``gzip_level`` means, in words (for reports)."""
+    if level < 3:
+        return str(codec_for(level, 0))
+    dense, period = _DENSE_SHARE
+    return f"{_DENSE} for {dense} blocks in {period}, {_FAST} for the rest"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -148,15 +190,16 @@ class Block:
 
     deflated: bytes
     crc: int
-    level: int
+    codec: Codec
+    """How it was deflated; pieces of it split off at a chunk boundary are deflated the same way."""
     offsets: np.ndarray
     """``count + 1`` bounds of the records in the block's text, from 0."""
 
     @classmethod
-    def make(cls, rows: EncodedRows, level: int) -> Block:
+    def make(cls, rows: EncodedRows, codec: Codec) -> Block:
         raw = rows.slice_bytes(0, rows.count)
         offsets = rows.offsets[: rows.count + 1] - rows.offsets[0]
-        return cls(deflate_block(raw, level), zlib_ng.crc32(raw), level, offsets)
+        return cls(codec.deflate(raw), zlib_ng.crc32(raw), codec, offsets)
 
     @property
     def count(self) -> int:
@@ -245,15 +288,14 @@ class ChunkWriter:
         self.chunks: list[ChunkInfo] = []
         self._open: _OpenChunk | None = None
 
-    def write(self, rows: EncodedRows | Block) -> None:
-        """Append records, starting new chunks at the record and byte limits.
+    def write(self, block: Block) -> None:
+        """Append a block's records, starting new chunks at the record and byte limits.
 
-        A :class:`Block` that fits the open chunk whole is written as it is; otherwise (and for
-        plain rows) each piece is deflated here, so the bytes are the same either way.
+        A block that fits the open chunk whole is written as it is; one that a chunk boundary
+        splits is inflated, and each piece deflated again with the block's codec.
         """
-        block = rows if isinstance(rows, Block) else None
-        text = rows if isinstance(rows, EncodedRows) else None
-        offsets, count = rows.offsets[: rows.count + 1], rows.count
+        offsets, count = block.offsets, block.count
+        text: EncodedRows | None = None
         start = 0
         try:
             while start < count:
@@ -262,14 +304,12 @@ class ChunkWriter:
                 if stop == start:  # the next record does not fit beside what the chunk holds
                     self._close()
                     continue
-                if block is not None and start == 0 and stop == count and block.level == self.level:
+                if start == 0 and stop == count:
                     chunk.write(block.deflated, block.crc, block.nbytes, count)
                 else:
-                    if text is None:
-                        assert block is not None
-                        text = block.rows()
+                    text = text or block.rows()
                     raw = text.slice_bytes(start, stop)
-                    chunk.write(deflate_block(raw, self.level), zlib_ng.crc32(raw), len(raw), stop - start)
+                    chunk.write(block.codec.deflate(raw), zlib_ng.crc32(raw), len(raw), stop - start)
                 start = stop
                 if (
                     chunk.records >= self.limits.max_records
@@ -279,10 +319,6 @@ class ChunkWriter:
         except OSError as exc:
             self.abort()
             raise StorageError(f"cannot write chunk in {self.out_dir}: {exc.strerror or exc}") from exc
-
-    @property
-    def level(self) -> int:
-        return self.limits.gzip_level
 
     def _current(self) -> _OpenChunk:
         if self._open is None:

@@ -9,6 +9,7 @@ refusal (:class:`InputError`) or a reject ratio above the threshold leaves no ch
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import tempfile
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bulkd.buffers import value_offsets
-from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter
+from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter, codec_for
 from bulkd.documents import DocumentMapper
 from bulkd.encode import EncodedRows, encode_ndjson, to_ndjson
 from bulkd.errors import BulkdError, RejectThresholdError, StorageError
@@ -118,6 +119,8 @@ class _Run:
         self.records = 0
         self.rows_delivered = 0
         self.warnings: list[str] = []
+        self.units = itertools.count()
+        """Numbers the units of work in input order: a unit's codec depends on its number."""
 
     def reject(self, rejects: tuple[Reject, ...] | list[Reject]) -> None:
         self.rejects.add(rejects)
@@ -401,42 +404,44 @@ def _concat(batches: list[SourceBatch]) -> SourceBatch:
     return SourceBatch(data, lines, (), batches[-1].bytes_read)
 
 
-def _encoded(run: _Run, records: pa.Array, keep: np.ndarray | None = None) -> _Done:
-    """Valid records, or those ``keep`` marks, as a deflated block (none when nothing is written):
-    a unit of work. The mask spares a copy of the valid records when a few rows are rejected.
-    Delivered rows are counted by the callers (for purchases they are order lines, not records)."""
+def _encoded(run: _Run, unit: int, records: pa.Array, keep: np.ndarray | None = None) -> _Done:
+    """Valid records, or those ``keep`` marks, as the deflated block of the file's ``unit``-th
+    unit of work (none when nothing is written). The mask spares a copy of the valid records when
+    a few rows are rejected. Delivered rows are counted by the callers (for purchases they are
+    order lines, not records)."""
     count = len(records) if keep is None else int(np.count_nonzero(keep))
     if run.writer is None or count == 0:
         return _Done([], None, 0, count)
-    return _deflated(run, encode_ndjson(records, keep), 0)
+    return _deflated(run, unit, encode_ndjson(records, keep), 0)
 
 
-def _deflated(run: _Run, rows: EncodedRows, rows_delivered: int) -> _Done:
-    """Encoded NDJSON as a deflated block for the writer."""
-    return _Done([], Block.make(rows, run.settings.limits.gzip_level), rows_delivered, rows.count)
+def _deflated(run: _Run, unit: int, rows: EncodedRows, rows_delivered: int) -> _Done:
+    """Encoded NDJSON as the deflated block of the file's ``unit``-th unit of work."""
+    codec = codec_for(run.settings.limits.gzip_level, unit)
+    return _Done([], Block.make(rows, codec), rows_delivered, rows.count)
 
 
-def _documents(run: _Run, texts: list[str]) -> _Done:
+def _documents(run: _Run, unit: int, texts: list[str]) -> _Done:
     """Valid NDJSON documents as a deflated block (none when nothing is written): a unit of work."""
     if run.writer is None:
         return _Done([], None, len(texts), len(texts))
-    return _deflated(run, to_ndjson(pa.array(texts, pa.string())), len(texts))
+    return _deflated(run, unit, to_ndjson(pa.array(texts, pa.string())), len(texts))
 
 
 def _convert_rows(source: Source, batches: Iterator[SourceBatch], run: _Run) -> None:
     plan_for = _planner(source, run)
 
-    def work(plan: MappingPlan, batch: SourceBatch) -> _Done:
+    def work(plan: MappingPlan, batch: SourceBatch, unit: int) -> _Done:
         mapped = map_batch(plan, batch)
         verdict = run.checker.verdict(run.input, mapped.records, mapped.lines, skip=mapped.bad)
         rejects = [*mapped.rejects, *verdict.rejects]
         keep = verdict.valid.to_numpy(zero_copy_only=False) if rejects else None
-        done = _encoded(run, mapped.records, keep)
+        done = _encoded(run, unit, mapped.records, keep)
         return _Done(rejects, done.block, done.records, done.records)
 
     flat = (_flat(source, raw) for raw in batches)
     pieces = _units(flat, run.settings.work_rows, run.settings.work_bytes)
-    _deliver_in_order(run, (functools.partial(work, plan_for(p.data), p) for p in pieces))
+    _deliver_in_order(run, (functools.partial(work, plan_for(p.data), p, next(run.units)) for p in pieces))
 
 
 def _deliver_in_order(run: _Run, units: Iterable[Callable[[], _Done]]) -> None:
@@ -511,7 +516,7 @@ def _emit_groups(table: pa.Table, run: _Run, ordered: _Ordered[Any]) -> None:
     run.rows_delivered += int(grouped.sizes[valid].sum())
     step = run.settings.work_rows
     for start in range(0, len(records), step):
-        unit = functools.partial(_encoded, run, records.slice(start, step))
+        unit = functools.partial(_encoded, run, next(run.units), records.slice(start, step))
         for done in ordered.submit(unit):
             run.deliver(done)
     for done in ordered.drain():
@@ -528,7 +533,7 @@ def _convert_documents(batches: Iterator[SourceBatch], run: _Run) -> None:
             texts, rejects = mapper.map(batch)
             run.reject(rejects)
             if texts:
-                yield functools.partial(_documents, run, texts)
+                yield functools.partial(_documents, run, next(run.units), texts)
 
     _deliver_in_order(run, units())
     run.warnings.extend(mapper.warnings())

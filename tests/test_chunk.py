@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import itertools
 import re
 import threading
 import zlib
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from bulkd.chunk import Block, ChunkLimits, ChunkNaming, ChunkWriter
+from bulkd.chunk import Block, ChunkInfo, ChunkLimits, ChunkNaming, ChunkWriter, codec_for, codec_name
 from bulkd.cli import main
 from bulkd.encode import EncodedRows
 from bulkd.errors import ConfigError
@@ -274,27 +275,60 @@ def test_a_unit_takes_the_rows_that_sizes_per_row_would(nulls: bool) -> None:
 
 
 @pytest.mark.parametrize("level", [2, 3])
-def test_a_block_is_written_as_its_records_would_be(tmp_path: Path, level: int) -> None:
-    """Whole in a chunk or split by its boundaries (then inflated again), a deflated block gives
-    the bytes its records give when written as they are."""
+def test_a_split_block_is_written_as_blocks_of_its_pieces_would_be(tmp_path: Path, level: int) -> None:
+    """A block that chunk boundaries split is inflated and each piece deflated with the block's
+    own codec: the chunks are those that blocks cut at the boundaries beforehand would give."""
     texts = [orjson.dumps({"n": i, "pad": "x" * (i % 37)}) + b"\n" for i in range(900)]
     data = b"".join(texts)
     offsets = np.cumsum([0, *(len(t) for t in texts)]).astype(np.int64)
     units = [(0, 250), (250, 260), (260, 900)]
-    for limits in (
-        ChunkLimits(gzip_level=level),
-        ChunkLimits(max_records=97, max_ndjson_bytes=3000, gzip_level=level),
-    ):
-        digests = []
-        for as_blocks in (False, True):
-            out = tmp_path / f"{as_blocks}-{limits.max_records}"
-            out.mkdir()
-            writer = ChunkWriter(out, ChunkNaming("ds", "customer_record", "1"), limits)
-            for lo, hi in units:
-                rows = EncodedRows(pa.py_buffer(data), offsets[lo : hi + 1], hi - lo)
-                writer.write(Block.make(rows, level) if as_blocks else rows)
-            chunks = writer.finish()
-            digests.append([c.sha256_hex for c in chunks])
-            assert b"".join(gzip.decompress(c.path.read_bytes()) for c in chunks) == data
-        assert digests[0] == digests[1]
-    assert len(digests[0]) > 10  # the small limits split blocks
+    limits = ChunkLimits(max_records=97, max_ndjson_bytes=3000, gzip_level=level)
+
+    def rows(lo: int, hi: int) -> EncodedRows:
+        return EncodedRows(pa.py_buffer(data), offsets[lo : hi + 1], hi - lo)
+
+    def written(name: str, pieces: list[tuple[int, int, int]]) -> list[ChunkInfo]:
+        out = tmp_path / name
+        out.mkdir()
+        writer = ChunkWriter(out, ChunkNaming("ds", "customer_record", "1"), limits)
+        for unit, lo, hi in pieces:
+            writer.write(Block.make(rows(lo, hi), codec_for(level, unit)))
+        return writer.finish()
+
+    whole = written("whole", [(unit, lo, hi) for unit, (lo, hi) in enumerate(units)])
+    assert len(whole) > 10
+    assert b"".join(gzip.decompress(c.path.read_bytes()) for c in whole) == data
+    bounds = set(np.cumsum([c.records for c in whole]).tolist())
+    cut = []
+    for unit, (lo, hi) in enumerate(units):
+        edges = [lo, *sorted(b for b in bounds if lo < b < hi), hi]
+        cut += [(unit, a, b) for a, b in itertools.pairwise(edges)]
+    assert len(cut) > len(units)
+    assert [c.sha256_hex for c in written("cut", cut)] == [c.sha256_hex for c in whole]
+
+
+def test_level_3_mixes_a_fast_and_a_dense_codec_by_place() -> None:
+    """Three blocks in every eight are dense, spread out, so any stretch of a file gets the mix;
+    the lower levels are one codec throughout."""
+    codecs = [codec_for(3, block) for block in range(64)]
+    assert {str(c) for c in codecs} == {"ISA-L level 2", "zlib-ng level 5"}
+    for start in range(0, 57):
+        window = codecs[start : start + 8]
+        assert sum(c.library == "zlib-ng" for c in window) == 3
+    assert not any(a.library == b.library == "zlib-ng" for a, b in itertools.pairwise(codecs))
+    assert {str(codec_for(level, block)) for level in (0, 1, 2) for block in range(9)} == {
+        "ISA-L level 0",
+        "ISA-L level 1",
+        "ISA-L level 2",
+    }
+    assert "zlib-ng level 5" in codec_name(3)
+
+
+def test_both_codecs_of_the_mix_give_raw_deflate_and_the_dense_one_is_smaller() -> None:
+    text = b"".join(
+        orjson.dumps({"n": i, "email": f"u{i * 7919 % 10007}@example.com"}) + b"\n" for i in range(40_000)
+    )
+    fast, dense = len(codec_for(3, 1).deflate(text)), len(codec_for(3, 0).deflate(text))
+    assert dense < fast
+    for codec in (codec_for(3, 0), codec_for(3, 1)):
+        assert zlib.decompressobj(-15).decompress(codec.deflate(text)) == text
