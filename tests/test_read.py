@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import random
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def read_all(path: Path, **options: object) -> Result:
             lines.extend(batch.lines.to_pylist())
             rejects.extend(batch.rejects)
         columns = source.columns
+        stream = getattr(source, "_stream", None)  # a CSV reader's paced reads always had their turn
+        assert stream is None or stream.reads_out_of_turn == 0
     assert lines == sorted(lines)
     assert len(set(lines)) == len(lines)
     for r in rejects:
@@ -206,6 +209,23 @@ def test_quoted_newlines_and_quotes_at_every_block_boundary(tmp_path: Path, bloc
     assert result.rejects == []
     if block_size < 100:
         assert result.batches > 10
+
+
+def test_the_csv_reader_reads_only_a_few_blocks_ahead_of_its_parser(tmp_path: Path) -> None:
+    """pyarrow's reader would queue up to 32 blocks on its own thread while the batches wait."""
+    path = write(
+        tmp_path, "wide.csv", b"a,b\n" + b"".join(b"%d,%s\n" % (i, b"x" * 90) for i in range(40_000))
+    )
+    block = 1 << 16
+    with open_source(path, ReadOptions(block_size=block)) as source:
+        ahead = []
+        parsed = 4  # the header
+        for batch in source.batches():
+            time.sleep(0.01)  # time enough for an unpaced reader to run far ahead
+            parsed += sum(len(f"{line},{'x' * 90}\n") for line in batch.data.column("a").to_pylist())
+            ahead.append(batch.bytes_read - parsed)
+    assert len(ahead) > 40
+    assert max(ahead) <= 6 * block
 
 
 @pytest.mark.parametrize("block_size", [32, 45, 64, 1 << 20])

@@ -21,6 +21,8 @@ from bulkd.read._stream import SNIFF_BYTES, Stream
 
 _AIM_BLOCK = 1 << 20
 _AIM_ROWS_WIDE = 64
+_BLOCKS_AHEAD = 4
+"""Blocks read ahead of the parser (see ``Stream.pace``): enough that it never waits for bytes."""
 
 
 def line_breaks(text: bytes) -> int:
@@ -209,6 +211,7 @@ class CsvSource(Source):
         # The pipeline regroups batches into units of its own size, so output bytes do not
         # depend on this.
         self._block = block = min(o.block_size, max(_AIM_BLOCK, row_bytes * _AIM_ROWS_WIDE))
+        self._stream.pace(_BLOCKS_AHEAD)
         try:
             reader = pacsv.open_csv(
                 pa.PythonFile(self._stream, mode="r"),
@@ -259,6 +262,7 @@ class CsvSource(Source):
         while True:
             try:
                 raw = self._reader.read_next_batch()
+                self._stream.taken()  # one batch for each block, even a block of skipped rows
             except StopIteration:
                 break
             except pa.ArrowInvalid as e:

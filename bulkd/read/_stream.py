@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -26,6 +27,8 @@ SNIFF_BYTES: Final = 1 << 16
 TAIL_BYTES: Final = 4096
 RATIO_FLOOR_BYTES: Final = 16 << 20
 """The expansion ratio is only judged past this much output: tiny files may compress very well."""
+PACE_WAIT_SECONDS: Final = 1.0
+"""How long a paced read waits for its consumer before it reads anyway (see :meth:`Stream.pace`)."""
 
 
 def sniff_compression(head: bytes) -> str | None:
@@ -64,6 +67,9 @@ class Stream:
         self._eof = False
         self.tail = b""
         self.closed = False
+        self._room: threading.Semaphore | None = None
+        self.reads_out_of_turn = 0
+        """Paced reads that waited ``PACE_WAIT_SECONDS`` and went on (0 unless the counting is off)."""
         try:
             head = self._pull(SNIFF_BYTES)
             while len(head) < 4 and not self._eof:
@@ -138,6 +144,8 @@ class Stream:
 
         pyarrow takes each returned chunk as one block, so a short read is a block boundary.
         """
+        if self._room is not None and not self._room.acquire(timeout=PACE_WAIT_SECONDS):
+            self.reads_out_of_turn += 1
         if size < 0:
             while not self._eof:
                 self._pending += self._transcode(self._pull(1 << 20))
@@ -153,6 +161,23 @@ class Stream:
         self.tail = (self.tail + out[-TAIL_BYTES:])[-TAIL_BYTES:]
         return out
 
+    def pace(self, ahead: int) -> None:
+        """From now on, let reads run at most ``ahead`` blocks ahead of :meth:`taken` calls.
+
+        pyarrow's streaming CSV reader fetches blocks on a thread of its own and queues up to 32
+        of them before its parser asks: 16-32 MiB of input held at 1 MiB a block, a sawtooth in
+        the process's memory that grew its peak over a long file (the "flat RSS" target). The
+        consumer calls :meth:`taken` after each block it parsed. Pacing only saves memory, so
+        a read that has waited ``PACE_WAIT_SECONDS`` goes on without its turn: a reader that
+        needed more blocks than counted can be slowed, never stopped.
+        """
+        self._room = threading.Semaphore(ahead)
+
+    def taken(self) -> None:
+        """The consumer parsed one more block: one more may be read (see :meth:`pace`)."""
+        if self._room is not None:
+            self._room.release()
+
     def unread(self, data: bytes) -> None:
         """Push bytes back so that the next read returns them first (the header sniff uses this)."""
         self._pending = data + self._pending
@@ -165,5 +190,8 @@ class Stream:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            room, self._room = self._room, None
+            if room is not None:
+                room.release(2)  # a read waiting for its turn goes on, and finds the file closed
             self._source.close()
             self._raw.close()
