@@ -21,7 +21,7 @@ from bulkd.read._stream import SNIFF_BYTES, Stream
 
 _AIM_BLOCK = 1 << 20
 _AIM_ROWS_WIDE = 64
-_BLOCKS_AHEAD = 4
+_BLOCKS_AHEAD = 8
 """Blocks read ahead of the parser (see ``Stream.pace``): enough that it never waits for bytes."""
 
 
@@ -356,6 +356,7 @@ class CsvSource(Source):
         return SourceBatch(data, pa.array(lines, pa.int64()), tuple(rejects), self._stream.bytes_read)
 
     def close(self) -> None:
+        self._stream.unpace()  # dropping pyarrow's reader waits for its read in flight
         self._reader = None
         self._blank_lines.close()
         self._stream.close()

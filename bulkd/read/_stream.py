@@ -67,7 +67,7 @@ class Stream:
         self._eof = False
         self.tail = b""
         self.closed = False
-        self._room: threading.Semaphore | None = None
+        self._pacer: _Pacer | None = None
         self.reads_out_of_turn = 0
         """Paced reads that waited ``PACE_WAIT_SECONDS`` and went on (0 unless the counting is off)."""
         try:
@@ -144,7 +144,7 @@ class Stream:
 
         pyarrow takes each returned chunk as one block, so a short read is a block boundary.
         """
-        if self._room is not None and not self._room.acquire(timeout=PACE_WAIT_SECONDS):
+        if self._pacer is not None and not self._pacer.turn():
             self.reads_out_of_turn += 1
         if size < 0:
             while not self._eof:
@@ -171,12 +171,18 @@ class Stream:
         a read that has waited ``PACE_WAIT_SECONDS`` goes on without its turn: a reader that
         needed more blocks than counted can be slowed, never stopped.
         """
-        self._room = threading.Semaphore(ahead)
+        self._pacer = _Pacer(ahead)
 
     def taken(self) -> None:
         """The consumer parsed one more block: one more may be read (see :meth:`pace`)."""
-        if self._room is not None:
-            self._room.release()
+        if self._pacer is not None:
+            self._pacer.taken()
+
+    def unpace(self) -> None:
+        """Reads no longer wait for turns, and a read waiting for one goes on."""
+        pacer, self._pacer = self._pacer, None
+        if pacer is not None:
+            pacer.stop()
 
     def unread(self, data: bytes) -> None:
         """Push bytes back so that the next read returns them first (the header sniff uses this)."""
@@ -190,8 +196,44 @@ class Stream:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            room, self._room = self._room, None
-            if room is not None:
-                room.release(2)  # a read waiting for its turn goes on, and finds the file closed
+            self.unpace()  # a read waiting for its turn goes on, and finds the file closed
             self._source.close()
             self._raw.close()
+
+
+class _Pacer:
+    """Turns for reads: at most ``ahead`` blocks read and not yet taken.
+
+    A reader that reached the limit waits until half of them are taken, and then reads that many
+    in a row: one wake-up per few blocks, not one per block (each costs a GIL hand-over on
+    pyarrow's I/O thread; 3 % of the wall time of 1 M customer rows at one a block).
+    """
+
+    def __init__(self, ahead: int) -> None:
+        self._ahead = ahead
+        self._resume = ahead // 2
+        self._out = 0
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    def turn(self) -> bool:
+        """Wait for a turn to read; False when ``PACE_WAIT_SECONDS`` passed without one."""
+        with self._cond:
+            fair = True
+            if self._out >= self._ahead and not self._stopped:
+                fair = self._cond.wait_for(
+                    lambda: self._out <= self._resume or self._stopped, PACE_WAIT_SECONDS
+                )
+            self._out += 1
+            return fair
+
+    def taken(self) -> None:
+        with self._cond:
+            self._out -= 1
+            if self._out == self._resume:
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
