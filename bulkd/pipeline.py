@@ -347,25 +347,19 @@ def _take(data: pa.RecordBatch, room: int) -> tuple[int, int]:
     it without a size per row (0.05 CPU s per 1 M customer rows).
     """
     total = _total_bytes(data)
-    if total is not None and total < room:
+    if total < room:
         return data.num_rows, total
     cum = np.cumsum(_row_bytes(data))
     take = min(len(cum), int(np.searchsorted(cum, room, side="left")) + 1)
     return take, int(cum[take - 1])
 
 
-def _total_bytes(data: pa.RecordBatch) -> int | None:
-    """The sum of :func:`_row_bytes`, from each column's first and last offset; None when a text
-    column has nulls (a null's slot may span bytes, which do not count)."""
+def _total_bytes(data: pa.RecordBatch) -> int:
+    """The sum of :func:`_row_bytes`, from each text column's first and last offset."""
     total = 0
     for column in data.columns:
         offsets = _offsets(column)
-        if offsets is None:
-            total += 8 * data.num_rows
-        elif column.null_count:
-            return None
-        else:
-            total += int(offsets[-1]) - int(offsets[0])
+        total += 8 * data.num_rows if offsets is None else int(offsets[-1]) - int(offsets[0])
     return total
 
 
@@ -378,19 +372,15 @@ def _offsets(column: pa.Array) -> np.ndarray[Any, Any] | None:
 
 
 def _row_bytes(data: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.int64]]:
-    """Each row's size: the length of its text and binary cells, plus 8 bytes for any other cell."""
-    n = data.num_rows
-    sizes = np.zeros(n, dtype=np.int64)
+    """Each row's size: the bytes its text and binary cells span, plus 8 bytes for any other cell.
+
+    A null's slot counts with the bytes it spans, as a value's does: the unit holds them either
+    way. (Readers leave null slots empty; a flattened struct's children may not.)
+    """
+    sizes = np.zeros(data.num_rows, dtype=np.int64)
     for column in data.columns:
-        # From the offsets (a numpy diff) rather than a length kernel per column.
         offsets = _offsets(column)
-        if offsets is None:
-            sizes += 8
-            continue
-        lengths = np.diff(offsets).astype(np.int64, copy=False)
-        if column.null_count:
-            lengths = np.where(column.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
-        sizes += lengths
+        sizes += 8 if offsets is None else np.diff(offsets)
     return sizes
 
 

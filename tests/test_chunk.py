@@ -252,9 +252,12 @@ def test_row_sizes_from_offsets_match_the_length_kernel() -> None:
     }
     data = pa.RecordBatch.from_pydict(columns).slice(2, 11)
     expected = np.full(data.num_rows, 8, dtype=np.int64)
-    for column in data.columns[:4]:
-        expected += pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    for column in data.columns[:4]:  # every slot's length, a null's too (without the validity)
+        _, offsets, values = column.buffers()
+        slots = pa.Array.from_buffers(column.type, len(column), [None, offsets, values], offset=column.offset)
+        expected += pc.binary_length(slots).to_numpy(zero_copy_only=False)
     assert _row_bytes(data).tolist() == expected.tolist()
+    assert sum(expected) > sum(pc.binary_length(c).fill_null(0).to_numpy() for c in data.columns[:4]).sum()
 
 
 @pytest.mark.parametrize("nulls", [False, True])
