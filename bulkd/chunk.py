@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -136,8 +137,7 @@ class ChunkInfo:
 class Codec:
     """One deflate library at one level."""
 
-    library: str
-    """``"ISA-L"`` or ``"zlib-ng"``."""
+    library: Literal["ISA-L", "zlib-ng"]
     level: int
 
     def deflate(self, data: bytes | memoryview) -> bytes:
@@ -156,7 +156,7 @@ _DENSE_SHARE = (3, 8)
 """Level 3 deflates 3 blocks in every 8 with ``_DENSE`` and the rest with ``_FAST``.
 
 On customer records ISA-L 2 is 1.34x zlib-6's size at ~1.1 GB/s and zlib-ng 5 is 1.05x at
-~220 MB/s; 3 in 8 lands on 1.23x for 2.2 ns a byte. zlib-ng's own level 3 gives the same size
+~220 MB/s; 3 in 8 lands on 1.23x for 2.25 ns a byte. zlib-ng's own level 3 gives the same size
 for 3.1 ns a byte: it lies above the line between the two, as do zlib-ng 2 and 4 (measured in
 benchmarks/README). Which blocks are dense depends only on their place in the file, so the
 bytes stay the same on every run and thread count."""
