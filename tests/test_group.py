@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import bulkd.pipeline
-from bulkd.pipeline import FileResult
+from bulkd.chunk import ChunkLimits
+from bulkd.pipeline import ConvertSettings, FileResult, convert_file
+from bulkd.schemas import load_record_type
 
 Convert = Callable[..., FileResult]
 Records = Callable[[FileResult], list[dict[str, object]]]
@@ -93,6 +95,32 @@ def test_scattered_lines_group_through_disk_partitions(
     _check_grouped(result, expected, chunk_records(result))
     out = tmp_path / "out"
     assert not [p for p in out.rglob("*") if "partition" in p.name or p.name.startswith("bulkd-groups-")]
+
+
+def test_purchase_chunks_do_not_depend_on_threads_or_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grouped records are numbered into units in order, so each unit's codec (level 3 mixes two)
+    and the chunk bytes are the same on any number of threads, across spill partitions."""
+    path, expected = _order_lines(tmp_path, 400)
+    monkeypatch.setattr(bulkd.pipeline, "_PARTITION_INPUT_BYTES", path.stat().st_size // 3)
+    digests = []
+    for workers in (0, 1, 3):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        settings = ConvertSettings(
+            record_type=load_record_type("purchase"),
+            dataset_id="ds1",
+            timestamp="1",
+            limits=ChunkLimits(max_records=150, gzip_level=3),
+            workers=workers,
+            work_rows=32,
+        )
+        result = convert_file(path, out, settings)
+        assert result.records == len(expected)
+        digests.append([c.sha256_hex for c in result.chunks])
+    assert len(digests[0]) == 3
+    assert digests[0] == digests[1] == digests[2]
 
 
 def test_one_bad_line_rejects_its_whole_purchase(
