@@ -69,7 +69,8 @@ class Stream:
         self.closed = False
         self._pacer: _Pacer | None = None
         self.reads_out_of_turn = 0
-        """Paced reads that waited ``PACE_WAIT_SECONDS`` and went on (0 unless the counting is off)."""
+        """Paced reads that waited ``PACE_WAIT_SECONDS`` and went on: 0 unless the parser's
+        consumer held a batch that long, or the counting is off."""
         try:
             head = self._pull(SNIFF_BYTES)
             while len(head) < 4 and not self._eof:
@@ -169,7 +170,8 @@ class Stream:
         the process's memory that grew its peak over a long file (the "flat RSS" target). The
         consumer calls :meth:`taken` after each block it parsed. Pacing only saves memory, so
         a read that has waited ``PACE_WAIT_SECONDS`` goes on without its turn: a reader that
-        needed more blocks than counted can be slowed, never stopped.
+        needed more blocks than counted can be slowed, never stopped, and a consumer that stalls
+        lets reads run ahead one a second, up to pyarrow's own queue of 32 at worst.
         """
         self._pacer = _Pacer(ahead)
 
