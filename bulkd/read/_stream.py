@@ -208,7 +208,7 @@ class _Pacer:
 
     A reader that reached the limit waits until half of them are taken, and then reads that many
     in a row: one wake-up per few blocks, not one per block (each costs a GIL hand-over on
-    pyarrow's I/O thread; 3 % of the wall time of 1 M customer rows at one a block).
+    pyarrow's I/O thread; at one a block, 1 M customer rows took 2.06 against 1.97 s, ~4.5 %).
     """
 
     def __init__(self, ahead: int) -> None:
