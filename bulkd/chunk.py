@@ -307,7 +307,8 @@ class ChunkWriter:
                 if start == 0 and stop == count:
                     chunk.write(block.deflated, block.crc, block.nbytes, count)
                 else:
-                    text = text or block.rows()
+                    if text is None:  # inflated once, however many pieces the block is cut into
+                        text = block.rows()
                     raw = text.slice_bytes(start, stop)
                     chunk.write(block.codec.deflate(raw), zlib_ng.crc32(raw), len(raw), stop - start)
                 start = stop
