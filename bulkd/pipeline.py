@@ -366,7 +366,8 @@ def _total_bytes(data: pa.RecordBatch) -> int:
 def _offsets(column: pa.Array) -> np.ndarray[Any, Any] | None:
     """A text or binary column's offsets; None for other columns."""
     kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind):
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if text or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return value_offsets(column)
     return None
 

@@ -248,16 +248,17 @@ def test_row_sizes_from_offsets_match_the_length_kernel() -> None:
         "pushed": parent.flatten()[0],  # null slots that keep their bytes
         "large": text.cast(pa.large_string()),
         "b": text.cast(pa.binary()),
+        "large_b": text.cast(pa.large_binary()),
         "n": pa.array(range(15)),
     }
     data = pa.RecordBatch.from_pydict(columns).slice(2, 11)
     expected = np.full(data.num_rows, 8, dtype=np.int64)
-    for column in data.columns[:4]:  # every slot's length, a null's too (without the validity)
+    for column in data.columns[:5]:  # every slot's length, a null's too (without the validity)
         _, offsets, values = column.buffers()
         slots = pa.Array.from_buffers(column.type, len(column), [None, offsets, values], offset=column.offset)
         expected += pc.binary_length(slots).to_numpy(zero_copy_only=False)
     assert _row_bytes(data).tolist() == expected.tolist()
-    assert sum(expected) > sum(pc.binary_length(c).fill_null(0).to_numpy() for c in data.columns[:4]).sum()
+    assert sum(expected) > sum(pc.binary_length(c).fill_null(0).to_numpy() for c in data.columns[:5]).sum()
 
 
 @pytest.mark.parametrize("nulls", [False, True])
