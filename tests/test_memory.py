@@ -178,3 +178,42 @@ def test_the_console_entry_runs_the_cli(tmp_path: Path) -> None:
     raise SystemExit(run())
     """
     assert _python(code, tmp_path).startswith("bulkd ")
+
+
+def _needs_jemalloc() -> None:
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow build has no jemalloc pool")
+
+
+def test_the_csv_reader_parses_on_jemalloc_in_a_bulkd_process(tmp_path: Path) -> None:
+    """Its per-column scratch stays out of glibc's heap; everything else stays on the system pool."""
+    _needs_jemalloc()
+    source = tmp_path / "in.csv"
+    source.write_text("email,first_name\n" + "a@example.com,Ann\n" * 5000)
+    code = (
+        _HIDE
+        + f"""
+    import pyarrow as pa
+    from pathlib import Path
+    from bulkd.read import ReadOptions, open_source
+    with open_source(Path({str(source)!r}), ReadOptions()) as src:
+        rows = sum(batch.data.num_rows for batch in src.batches())
+    print(rows, pa.default_memory_pool().backend_name, pa.jemalloc_memory_pool().max_memory() > 0)
+    """
+    )
+    assert _python(code, tmp_path) == "5000 system True"
+
+
+@pytest.mark.parametrize("pool", ["mimalloc", "jemalloc"])
+def test_a_pool_the_user_chose_serves_the_reader_too(tmp_path: Path, pool: str) -> None:
+    _needs_jemalloc()
+    code = (
+        _HIDE
+        + """
+    from bulkd.memory import reader_memory_pool
+    print(reader_memory_pool())
+    """
+    )
+    assert _python(code, tmp_path, ARROW_DEFAULT_MEMORY_POOL=pool) == "None"

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from bulkd.errors import InputError
+from bulkd.memory import reader_memory_pool
 from bulkd.model import Reject, RejectRule, SourceBatch
 from bulkd.read._base import ReadOptions, Source, SourceFormat
 from bulkd.read._cells import CellChecks, Ints
@@ -225,6 +226,7 @@ class CsvSource(Source):
                     invalid_row_handler=self._on_invalid,
                 ),
                 convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(self.columns, pa.binary())),
+                memory_pool=reader_memory_pool(),
             )
         except pa.ArrowInvalid as e:
             raise self._parse_error(e) from None
