@@ -8,6 +8,7 @@ refusal (:class:`InputError`) or a reject ratio above the threshold leaves no ch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -161,7 +162,7 @@ def convert_file(
     choose_memory_pool()
     run = _Run(path, out_dir, settings, prefix, display_name)
     try:
-        with open_source(path, settings.read) as source:
+        with open_source(path, _read_options(settings)) as source:
             _convert(source, run, progress)
         _check_threshold(run)
         chunks = tuple(run.writer.finish()) if run.writer is not None else ()
@@ -214,6 +215,12 @@ def _check_threshold(run: _Run) -> None:
     ratio = run.settings.max_reject_ratio
     if ratio is not None and run.rows and run.rejects.count / run.rows > ratio:
         raise RejectThresholdError(run.input, run.rejects.count, run.rows, ratio)
+
+
+def _read_options(settings: ConvertSettings) -> ReadOptions:
+    """The user's read options, with the parser's allocator chosen for the record type."""
+    grouped = settings.record_type.grouping is not None
+    return dataclasses.replace(settings.read, parse_on_jemalloc=not grouped)
 
 
 def _convert(source: Source, run: _Run, progress: Progress | None) -> None:

@@ -226,7 +226,7 @@ class CsvSource(Source):
                     invalid_row_handler=self._on_invalid,
                 ),
                 convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(self.columns, pa.binary())),
-                memory_pool=reader_memory_pool(),
+                memory_pool=reader_memory_pool() if o.parse_on_jemalloc else None,
             )
         except pa.ArrowInvalid as e:
             raise self._parse_error(e) from None
