@@ -13,9 +13,9 @@ Measured on 1 M rows (fresh processes, alternated; benchmarks/README.md):
 * pyarrow's CSV reader allocates ~0.9 MiB per column for each 1 MiB block it parses, just under
   the mapping threshold, so those come from glibc's heap and leave holes in it that stay
   resident: 10 M customer rows peaked up to 12 % above 1 M. When each row is its own record
-  the reader gets jemalloc instead (:func:`reader_memory_pool`): customer CSV 137-147 MB at
+  the reader gets jemalloc instead (:func:`reader_memory_pool`): customer CSV 136-147 MB at
   1 M rows and 146-150 MB at 10 M, against 172-188 and 184-194 MB, for the same wall time.
-  Purchase lines on jemalloc were ~5 % slower (0.2-0.3 s more system time) and no leaner, so
+  Purchase lines on jemalloc were ~5 % slower (~0.2 s more system time) and no leaner, so
   order lines stay on the system pool.
 * pyarrow imports pandas whenever pandas is installed (its C++ side asks again on every
   ``pa.array`` of a list): 35-45 MB and 0.2 s of start-up in a process that never builds a
@@ -72,9 +72,9 @@ def reader_memory_pool() -> pa.MemoryPool | None:
 
     jemalloc keeps its pages apart from glibc's heap, so the parser's short-lived per-column
     buffers cannot leave holes among the long-lived blocks there. Arrow configures it to serve
-    every large block from one arena that gives the pages back when the block is freed, so its
-    footprint stays that of the blocks in flight. (Keeping large blocks in the usual arenas,
-    ``oversize_threshold`` 8 MiB, changed neither speed nor memory; nor did decay times.)
+    every large block from the arena that purges eagerly, so its footprint stays near that of
+    the blocks in flight. (Keeping large blocks in the usual arenas, ``oversize_threshold``
+    8 MiB, changed neither speed nor memory beyond the noise; nor did decay times.)
     """
     import pyarrow as pa
 
