@@ -439,10 +439,7 @@ def gzip_seconds(ref: Path, level: int) -> tuple[float, int, int]:
     spent = 0.0
     size = 20  # gzip header, empty final block and trailer
     with open(ref, "rb") as f:
-        for number in itertools.count():
-            block = f.read(LIMIT_BLOCK_BYTES)
-            if not block:
-                break
+        for number, block in enumerate(iter(lambda: f.read(LIMIT_BLOCK_BYTES), b"")):
             codec = codec_for(level, number)
             t0 = time.perf_counter()
             size += len(codec.deflate(block))

@@ -370,11 +370,12 @@ def _total_bytes(data: pa.RecordBatch) -> int:
     return total
 
 
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+
+
 def _offsets(column: pa.Array) -> np.ndarray[Any, Any] | None:
     """A text or binary column's offsets; None for other columns."""
-    kind = column.type
-    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-    if text or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+    if any(is_type(column.type) for is_type in _TEXT_TYPES):
         return value_offsets(column)
     return None
 
