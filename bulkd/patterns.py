@@ -60,6 +60,10 @@ class _Unsupported(Exception):
     """The pattern uses something this compiler does not handle: RE2 checks it instead."""
 
 
+class _TooManyStates(_Unsupported):
+    """The pattern is supported, but its automaton needs more states than the table holds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Automaton:
     """A DFA over bytes: ``table[state * 256 + byte]`` is the next state; ``accept[state]`` says
@@ -83,11 +87,16 @@ class Automaton:
 def compile_pattern(pattern: str) -> Automaton | None:
     """The automaton of ``pattern`` as the compiled validator searches it, or None if unsupported."""
     try:
-        nfa = _Nfa()
-        begin, end = _Parser(_DOLLAR.sub(r"\\Z", pattern), nfa).parse()
-        return _determinise(nfa, begin, end)
+        return _automaton(pattern)
     except _Unsupported:
         return None
+
+
+def _automaton(pattern: str) -> Automaton:
+    """:func:`compile_pattern`, raising :class:`_Unsupported` (or :class:`_TooManyStates`)."""
+    nfa = _Nfa()
+    begin, end = _Parser(_DOLLAR.sub(r"\\Z", pattern), nfa).parse()
+    return _determinise(nfa, begin, end)
 
 
 def search_cells(cells: pa.Array, pattern: str) -> npt.NDArray[np.bool_] | None:
@@ -374,7 +383,7 @@ def _determinise(nfa: _Nfa, begin: int, end: int) -> Automaton:
         key = (nodes, initial)
         if key not in ids:
             if len(rows) >= _MAX_STATES:
-                raise _Unsupported
+                raise _TooManyStates
             ids[key] = len(rows)
             sets.append(key)
             rows.append(bytearray(256))
