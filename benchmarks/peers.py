@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from benchmarks.datagen import WORKLOADS, Workload, flat_typed, nest, record_of
@@ -274,20 +275,37 @@ def run_python(workload: Workload, src: Path, out_dir: Path, max_rows: int | Non
 # ---------------------------------------------------------------------------------------------
 
 
-def _lexer_models() -> Any:
-    """pydantic v1 models of a customer record, shaped as Lexer describes its own.
+LEXER_PYDANTIC = "1.10.0"
+"""The pydantic Lexer's converter runs on: lexer-schemas requires ``pydantic[email]<=1.10``, so
+installing its requirements gives 1.10.0 (a compiled wheel). The harness installs it apart from
+the bench extra (``benchmarks.run``), since bulkd itself needs pydantic 2."""
 
-    Lexer's schemas are pydantic-v1 output, so its converter runs on pydantic v1; ``pydantic.v1``
-    (shipped inside pydantic 2 up to Python 3.13) gives the same engine. Links are a union of
-    models that forbid extra fields, and the email validator lowercases and strips.
+
+def _lexer_engine() -> ModuleType:
+    """pydantic 1 when it is first on the path (the harness puts Lexer's pin there); else the
+    ``pydantic.v1`` that pydantic 2 ships up to Python 3.13 (the same API, pure Python)."""
+    import pydantic
+
+    if pydantic.VERSION.startswith("1."):
+        return pydantic
+    try:
+        from pydantic import v1
+    except ImportError as exc:  # pragma: no cover - Python 3.14+
+        raise SystemExit(f"lexer peer needs pydantic 1 or pydantic.v1: {exc}") from exc
+    return v1
+
+
+def _lexer_models(engine: ModuleType) -> Any:
+    """Models of a customer record on ``engine`` (pydantic 1), shaped as Lexer describes its own.
+
+    Links are a union of models that forbid extra fields, and the email validator lowercases
+    and strips.
     """
     from datetime import date
     from typing import Literal
 
-    try:
-        from pydantic.v1 import BaseModel, Extra, constr, validator
-    except ImportError as exc:  # pragma: no cover - Python 3.14+
-        raise SystemExit(f"lexer peer needs pydantic.v1: {exc}") from exc
+    BaseModel: Any = engine.BaseModel
+    Extra, constr, validator = engine.Extra, engine.constr, engine.validator
 
     email_re = r"(^[a-zA-Z0-9_.+-]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$)"
 
@@ -377,23 +395,24 @@ def run_lexer(workload: Workload, src: Path, out_dir: Path, max_rows: int | None
     Written from Lexer's description of its csv_to_ndjson tool, not from its code. Like that tool
     it writes every field (nulls included). Customers only: the tool does not build arrays.
     """
-    from pydantic.v1 import ValidationError
-
     if workload.group_key is not None or src.suffix == ".parquet":
         raise SystemExit("lexer peer: customer CSV only")
-    model = _lexer_models()
+    engine = _lexer_engine()
+    model, invalid = _lexer_models(engine), engine.ValidationError
     rows = out_n = rejected = 0
     with gzip.open(_out_file(out_dir), "wt", compresslevel=PYTHON_GZIP_LEVEL, encoding="utf-8") as out:
         for row in _dict_rows(src, max_rows):
             rows += 1
             try:
                 record = model.parse_obj(nest(row))
-            except ValidationError:
+            except invalid:
                 rejected += 1
                 continue
             out.write(record.json() + "\n")
             out_n += 1
-    return {"rows_in": rows, "records_out": out_n, "rejected": rejected}
+    build = "compiled" if getattr(engine, "compiled", False) else "pure Python"
+    engine_name = f"pydantic {engine.VERSION}, {build}"
+    return {"rows_in": rows, "records_out": out_n, "rejected": rejected, "engine": engine_name}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int)
     parser.add_argument("--ref", type=Path, help="limit: the expected NDJSON to compress")
     parser.add_argument("--gzip-level", type=int, default=3, help="limit: bulkd gzip level (0-3)")
+    parser.add_argument("--lexer-engine", type=Path, help="lexer: the directory of Lexer's pinned pydantic")
     args = parser.parse_args(argv)
+    if args.lexer_engine is not None:
+        sys.path.insert(0, str(args.lexer_engine))
     if args.peer == "limit":
         result = run_limit(args.input, args.ref, args.gzip_level)
     else:

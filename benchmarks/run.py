@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import datagen
-from benchmarks.peers import DESCRIPTIONS, VALIDATES
+from benchmarks.peers import DESCRIPTIONS, LEXER_PYDANTIC, VALIDATES
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO / "bench-data"
@@ -443,6 +443,8 @@ def plan_peer(peer: str, job: Job) -> Planned:
     cmd = [sys.executable, "-m", "benchmarks.peers", peer, job.inp.workload.name, str(job.src), str(out)]
     if sample is not None:
         cmd += ["--max-rows", str(sample)]
+    if peer == "lexer" and args.lexer_engine is not None:
+        cmd += ["--lexer-engine", str(args.lexer_engine)]
 
     def finish(m: Measurement) -> Result:
         res = job.result(peer, validates=VALIDATES[peer])
@@ -799,12 +801,41 @@ def print_report(args: argparse.Namespace, results: list[Result], checks: list[t
         print(
             f"*: ran on the first {args.lexer_sample:,} rows; time, CPU and output bytes scaled to the file."
         )
+    engines = {r.extra["report"].get("engine") for r in results if r.tool == "lexer" and r.status == "ok"}
     for name, text in DESCRIPTIONS.items():
         if name in args.peer_list:
-            print(f"  {name:<7} {text}")
+            on = f" ({', '.join(sorted(e for e in engines if e))})" if name == "lexer" and engines else ""
+            print(f"  {name:<7} {text}{on}")
     print()
     for verdict, name, figure in checks:
         print(f"{verdict:<4}  {name}: {figure}")
+
+
+def lexer_engine(data_dir: Path) -> Path | None:
+    """A directory holding the pydantic Lexer's converter pins (:data:`LEXER_PYDANTIC`), installed
+    there on first use; None, after saying why, where it cannot be (offline, or no wheel for this
+    Python), and the Lexer re-creation then runs on pydantic 2's ``pydantic.v1``.
+
+    Kept apart from the bench extra, which bulkd's own pydantic 2 shares. Only the lexer peer's
+    process puts it on its path. pydantic 1.10's one dependency, typing-extensions, comes from
+    this environment.
+    """
+    target = data_dir / f"lexer-pydantic-{LEXER_PYDANTIC}"
+    if (target / "pydantic").is_dir():
+        return target
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lexer-pydantic-", dir=data_dir))
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    spec = f"pydantic=={LEXER_PYDANTIC}"
+    argv = [*pip, "--only-binary=:all:", "--target", str(staging), spec]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        why = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+        print(f"lexer: could not install {spec} ({why}); the re-creation runs on pydantic.v1", flush=True)
+        return None
+    staging.rename(target)
+    return target
 
 
 def compile_sources() -> None:
@@ -841,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             print("datagen disagrees with bulkd's schemas:\n  " + "\n  ".join(problems[:10]), file=sys.stderr)
             return 2
 
+    args.lexer_engine = lexer_engine(args.data_dir) if "lexer" in args.peer_list else None
     results, datasets = run_inputs(args)
     flat = run_flat_rss(args, results)
     checks = target_checks(results, flat)
