@@ -825,10 +825,10 @@ def lexer_engine(data_dir: Path) -> Path | None:
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lexer-pydantic-", dir=data_dir))
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
     spec = f"pydantic=={LEXER_PYDANTIC}"
-    argv = [*pip, "--only-binary=:all:", "--target", str(staging), spec]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip += ["--no-deps", "--only-binary=:all:", "--target", str(staging), spec]
+    done = subprocess.run(pip, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         why = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
