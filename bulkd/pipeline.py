@@ -370,14 +370,12 @@ def _total_bytes(data: pa.RecordBatch) -> int:
     return total
 
 
-_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+_TEXT_TYPE_IDS = frozenset(t.id for t in (pa.string(), pa.large_string(), pa.binary(), pa.large_binary()))
 
 
 def _offsets(column: pa.Array) -> np.ndarray[Any, Any] | None:
     """A text or binary column's offsets; None for other columns."""
-    if any(is_type(column.type) for is_type in _TEXT_TYPES):
-        return value_offsets(column)
-    return None
+    return value_offsets(column) if column.type.id in _TEXT_TYPE_IDS else None
 
 
 def _row_bytes(data: pa.RecordBatch) -> np.ndarray[Any, np.dtype[np.int64]]:
